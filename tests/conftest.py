@@ -1,0 +1,38 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bashgpt import BashGPTConfig  # noqa: E402
+
+SAMPLE_TEXTS = [
+    "#!/bin/bash\n# Back up the home folder\nset -euo pipefail\nfor f in \"$HOME\"/*; do\n\techo \"$f\"\ndone\n",
+    "Once upon a time there was a little cat. The cat liked to play in the sun.\n",
+    "#!/bin/sh\nif [ -z \"$1\" ]; then\n  echo 'usage: $0 FILE' >&2\n  exit 1\nfi\ncat <<EOF\nhello $1\nEOF\n",
+    "The dog ran to the park. It was a sunny day and everyone was happy.\n",
+]
+
+
+def small_config(**overrides) -> BashGPTConfig:
+    fields = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64)
+    fields.update(overrides)
+    return BashGPTConfig(**fields)
+
+
+VARIANTS = [(n, p) for n in ("layernorm", "rmsnorm") for p in ("learned", "rope")]
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer():
+    from bashgpt.tokenization import train_tokenizer
+
+    return train_tokenizer(SAMPLE_TEXTS * 20, vocab_size=300, model_max_length=64)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
