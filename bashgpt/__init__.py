@@ -5,10 +5,16 @@ classes, and marks the config and model for code-copying export, so that every s
 model folder also loads with ``trust_remote_code=True`` where bashgpt is not installed.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+import os
 
-from .configuration_bashgpt import PRESETS, BashGPTConfig
-from .modeling_bashgpt import BashGPTForCausalLM, BashGPTModel, BashGPTPreTrainedModel
+# Must be in the environment before torch is first imported, or MPS ops without a kernel
+# raise instead of falling back to the CPU.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM  # noqa: E402
+
+from .configuration_bashgpt import PRESETS, BashGPTConfig  # noqa: E402
+from .modeling_bashgpt import BashGPTForCausalLM, BashGPTModel, BashGPTPreTrainedModel  # noqa: E402
 
 __version__ = "0.1.0"
 

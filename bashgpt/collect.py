@@ -1,0 +1,530 @@
+"""Build the stage-2 bash corpus: find shell scripts, clean them, split them, write JSONL.
+
+Sources (``bashgpt collect SOURCE... --out DIR``):
+  PATH                 a local folder, e.g. git clones of open-source projects
+  debian:PKG,PKG,...   Debian packages (``debian:`` alone = the default 42-package list),
+                       fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x``
+  system               this machine's own scripts (/usr/bin, /usr/lib, /etc, ...)
+  hub:NAME[:COLUMN]    a Hugging Face dataset with a content column
+
+Nothing found is ever executed: scripts are only read and parsed with ``bash -n``.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .shellcheck import bash_parse
+from .tokenization import encode_batch
+
+# Bash-heavy Debian packages that together give about 1,500 real scripts (see README).
+DEFAULT_DEBIAN_PACKAGES = (
+    "lynis bash-completion dracut-core rkhunter libtool tlp live-build git neofetch devscripts xdg-utils byobu dkms "
+    "autoconf dehydrated live-boot initscripts grub-common ucf bash-doc live-config util-linux makedev open-iscsi "
+    "schroot shunit2 os-prober console-setup initramfs-tools-core lvm2 cryptsetup-initramfs etckeeper pass "
+    "wireguard-tools mdadm debootstrap ifupdown initramfs-tools kernel-wedge sbuild kmod mkosi"
+).split()
+
+SYSTEM_ROOTS = ("/usr/bin", "/usr/sbin", "/usr/lib", "/usr/libexec", "/usr/share", "/etc",  # Linux
+                "/bin", "/sbin", "/usr/local/bin", "/opt/homebrew/bin", "/Library/Scripts")  # + macOS
+SKIP_DIRS = {".git", ".hg", ".svn", "node_modules", "vendor", "vendored", "third_party", "third-party",
+             "__pycache__", ".tox", ".venv", "venv", "site-packages"}
+SHELLS = {"sh", "bash", "dash", "ksh", "mksh", "ksh93"}
+SHELL_SUFFIXES = (".sh", ".bash")
+COMPLETION_DIRS = ("bash-completion/completions/", "bash_completion.d/")
+GENERATED_NAMES = {"ltmain.sh", "configure", "config.guess", "config.sub", "libtool", "missing", "install-sh",
+                   "depcomp", "compile", "ar-lib", "test-driver", "mkinstalldirs", "py-compile", "ylwrap"}
+GENERATED_MARKERS = re.compile(r"generated (automatically )?by|auto-?generated|do not edit|automatically generated",
+                               re.IGNORECASE)
+LICENSE_FILES = ("LICENSE", "LICENSE.md", "LICENSE.txt", "COPYING", "COPYING.md", "LICENCE", "COPYRIGHT")
+
+# The filters code-model projects use (CodeParrot, BigCode).
+MAX_LINE_LENGTH = 1000
+MAX_MEAN_LINE_LENGTH = 100
+MIN_ALNUM_FRACTION = 0.25
+
+SKIP_REASONS = ("not_shell", "binary", "non_utf8", "empty", "too_large", "symlink_loop", "symlink_outside",
+                "symlink_inside", "unreadable", "generated", "long_line", "long_mean_line", "low_alnum",
+                "exact_duplicate", "near_duplicate")
+
+
+class CollectError(UserError):
+    """A source that cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class Script:
+    text: str
+    source: str  # folder, debian, system or hub
+    project: str  # project folder / package name / dataset
+    version: str
+    path: str  # inside the project
+    licence: str
+    interpreter: str
+    sha256: str = ""
+    bash_n_ok: bool | None = None
+    bash_n_error: str = ""
+
+    def __post_init__(self):
+        self.sha256 = hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Candidate:
+    """A file to look at: where it is and what it belongs to."""
+
+    path: Path
+    root: Path  # symlinks must stay under it
+    source: str
+    project: str
+    version: str
+    relpath: str
+    licence: str
+
+
+@dataclass
+class Report:
+    seen: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+
+# ----------------------------------------------------------------------------- detection
+
+def shebang_interpreter(first_line: str) -> str | None:
+    """The shell named by a ``#!`` line (directly or through env), or None."""
+    if not first_line.startswith("#!"):
+        return None
+    words = first_line[2:].strip().split()
+    if not words:
+        return None
+    name = os.path.basename(words[0])
+    if name == "env":
+        rest = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+        name = os.path.basename(rest[0]) if rest else ""
+    return name if name in SHELLS else None
+
+
+def shell_kind(relpath: str, head: str) -> str | None:
+    """How a file is a shell script: its interpreter, or None when it is not one."""
+    interpreter = shebang_interpreter(head.split("\n", 1)[0])
+    if interpreter:
+        return interpreter
+    if head.startswith("#!"):
+        return None  # another interpreter (python, perl, ...)
+    if relpath.endswith(".bash") or any(d in "/" + relpath for d in COMPLETION_DIRS):
+        return "bash"
+    if relpath.endswith(".sh"):
+        return "sh"
+    return None
+
+
+def quality_problem(text: str) -> str | None:
+    """The CodeParrot/BigCode filters: a skip reason, or None when the file passes."""
+    lines = text.splitlines() or [""]
+    if max(len(line) for line in lines) > MAX_LINE_LENGTH:
+        return "long_line"
+    if sum(len(line) for line in lines) / len(lines) > MAX_MEAN_LINE_LENGTH:
+        return "long_mean_line"
+    if sum(c.isalnum() for c in text) / max(len(text), 1) < MIN_ALNUM_FRACTION:
+        return "low_alnum"
+    return None
+
+
+def is_generated(relpath: str, text: str) -> bool:
+    if os.path.basename(relpath) in GENERATED_NAMES:
+        return True
+    return bool(GENERATED_MARKERS.search("\n".join(text.splitlines()[:15])))
+
+
+def read_candidate(cand: Candidate, max_bytes: int) -> tuple[Script | None, str | None]:
+    """Read one file: (script, None) or (None, skip reason)."""
+    path = cand.path
+    try:
+        if path.is_symlink():
+            try:
+                target = path.resolve(strict=True)
+            except (RuntimeError, OSError) as err:
+                return None, "symlink_loop" if "loop" in str(err).lower() or getattr(err, "errno", 0) == 40 else "unreadable"
+            if not target.is_relative_to(cand.root.resolve()):
+                return None, "symlink_outside"
+            return None, "symlink_inside"  # the target is read on its own
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not_shell"
+        if st.st_size == 0:
+            return None, "empty"
+        with open(path, "rb") as f:
+            head = f.read(8192)
+            if b"\0" in head:
+                return None, "binary"
+            try:
+                kind = shell_kind(cand.relpath, head.decode("utf-8", errors="ignore"))
+            except ValueError:
+                kind = None
+            if kind is None:
+                return None, "not_shell"
+            if st.st_size > max_bytes:
+                return None, "too_large"
+            data = head + f.read()
+    except PermissionError:
+        return None, "unreadable"
+    except OSError:
+        return None, "unreadable"
+    if b"\0" in data:
+        return None, "binary"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "non_utf8"
+    if not text.strip():
+        return None, "empty"
+    if is_generated(cand.relpath, text):
+        return None, "generated"
+    problem = quality_problem(text)
+    if problem:
+        return None, problem
+    return Script(text=text, source=cand.source, project=cand.project, version=cand.version, path=cand.relpath,
+                  licence=cand.licence, interpreter=kind), None
+
+
+# ----------------------------------------------------------------------------- sources
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every file (and symlink) below ``root``, sorted, never following directory links."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=lambda e: None):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def folder_licence(folder: Path) -> str:
+    """A short licence name from a LICENSE/COPYING file, 'unknown' when there is none."""
+    for name in LICENSE_FILES:
+        p = folder / name
+        if p.is_file():
+            head = p.read_text("utf-8", errors="replace")[:3000]
+            for needle, spdx in (("Apache License", "Apache-2.0"), ("MIT License", "MIT"),
+                                 ("Permission is hereby granted, free of charge", "MIT"),
+                                 ("GNU GENERAL PUBLIC LICENSE", "GPL"), ("GNU LESSER GENERAL", "LGPL"),
+                                 ("BSD", "BSD"), ("Mozilla Public License", "MPL-2.0"), ("ISC License", "ISC")):
+                if needle.lower() in head.lower():
+                    if spdx == "GPL":
+                        m = re.search(r"Version (\d)", head)
+                        return f"GPL-{m.group(1)}.0" if m else "GPL"
+                    return spdx
+            return f"see {name}"
+    return "unknown"
+
+
+def folder_candidates(root: Path) -> Iterator[Candidate]:
+    """A folder of projects (each top-level folder is one project) or a single project."""
+    if not root.is_dir():
+        raise CollectError(f"source folder {root} does not exist; pass a folder of scripts or git clones")
+    licences = {root.name: folder_licence(root)}
+    for path in walk_files(root):
+        rel = path.relative_to(root).as_posix()
+        project = rel.split("/")[0] if "/" in rel else root.name
+        if project not in licences:
+            own = folder_licence(root / project)
+            licences[project] = own if own != "unknown" else licences[root.name]
+        yield Candidate(path, root, "folder", project, "", rel, licences[project])
+
+
+def debian_copyright_licence(pkg_root: Path, package: str) -> str:
+    path = pkg_root / "usr/share/doc" / package / "copyright"
+    if not path.is_file():
+        return "unknown (no copyright file)"
+    names = re.findall(r"^License:\s*(\S.*)$", path.read_text("utf-8", errors="replace"), re.MULTILINE)
+    unique = sorted({n.strip() for n in names})
+    return " AND ".join(unique) if unique else "see debian/copyright"
+
+
+def fetch_debian(packages: list[str], cache: Path) -> list[tuple[str, str, Path]]:
+    """Download and unpack packages into ``cache``; returns (package, version, root). No system install."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise CollectError("debian: sources need apt-get and dpkg-deb (Debian/Ubuntu); use a local folder instead")
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    os.chmod(debs, 0o777)  # apt's sandbox user must be able to write here
+    missing = [p for p in packages if not list(debs.glob(f"{p}_*.deb"))]
+    if missing:
+        proc = subprocess.run(["apt-get", "download", *missing], cwd=debs, capture_output=True, text=True)
+        if proc.returncode != 0:
+            unknown = re.findall(r"Unable to locate package (\S+)|Can't select candidate version from package (\S+)",
+                                 proc.stderr)
+            names = sorted({a or b for a, b in unknown})
+            if names:
+                raise CollectError(f"Debian package(s) not found: {', '.join(names)}; check the names with apt-cache search")
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise CollectError(f"apt-get download failed ({last}); run 'apt-get update' or check the network")
+    out = []
+    for package in packages:
+        found = sorted(debs.glob(f"{package}_*.deb"))
+        if not found:
+            raise CollectError(f"Debian package {package} was not downloaded; check the name with apt-cache search")
+        deb = found[-1]
+        version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True).stdout.strip()
+        root = cache / "unpacked" / f"{package}_{version}"
+        if not root.is_dir():
+            tmp = root.with_name(root.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+            tmp.rename(root)
+        out.append((package, version, root))
+    return out
+
+
+def debian_candidates(packages: list[str], cache: Path) -> Iterator[Candidate]:
+    for package, version, root in fetch_debian(packages, cache):
+        licence = debian_copyright_licence(root, package)
+        for path in walk_files(root):
+            yield Candidate(path, root, "debian", package, version, path.relative_to(root).as_posix(), licence)
+
+
+def dpkg_owners() -> dict[str, str]:
+    """Map installed file paths to their Debian package (empty where dpkg is absent)."""
+    owners = {}
+    info = Path("/var/lib/dpkg/info")
+    if info.is_dir():
+        for lst in info.glob("*.list"):
+            package = lst.stem.split(":")[0]
+            for line in lst.read_text("utf-8", errors="replace").splitlines():
+                owners[line] = package
+    return owners
+
+
+def system_candidates(roots=SYSTEM_ROOTS) -> Iterator[Candidate]:
+    owners = dpkg_owners()
+    licences: dict[str, str] = {}
+    seen_real: set[str] = set()
+    for root in map(Path, roots):
+        if not root.is_dir() or root.is_symlink():
+            continue  # /bin -> /usr/bin on merged-/usr systems
+        for path in walk_files(root):
+            real = os.path.realpath(path)
+            if real in seen_real:
+                continue
+            seen_real.add(real)
+            package = owners.get(str(path), "")
+            if package and package not in licences:
+                licences[package] = debian_copyright_licence(Path("/"), package)
+            yield Candidate(path, Path("/"), "system", package or "system", "", str(path),
+                            licences.get(package, "unknown (system file)"))
+
+
+def hub_scripts(spec: str) -> Iterator[Script]:
+    """Scripts from a Hub dataset: ``hub:NAME[:COLUMN]``."""
+    from .corpus import load_hub_dataset, text_column
+
+    name, _, column = spec.partition(":")
+    ds = load_hub_dataset(name, split="train")
+    column = column or text_column(ds)
+    for i, row in enumerate(ds):
+        text = row[column]
+        if isinstance(text, str) and text.strip():
+            yield Script(text=text, source="hub", project=name, version=getattr(ds, "_fingerprint", ""),
+                         path=str(row.get("path", i)), licence=str(row.get("license", row.get("licence", "unknown"))),
+                         interpreter=shebang_interpreter(text.split("\n", 1)[0]) or "bash")
+
+
+# ----------------------------------------------------------------------------- cleaning
+
+def normalised_hash(text: str) -> str:
+    return hashlib.sha256("".join(text.split()).encode("utf-8")).hexdigest()
+
+
+def near_duplicate_clusters(texts: list[str], threshold: float = 0.7, num_perm: int = 256, ngram: int = 5):
+    """Cluster ids from MinHash LSH over word 5-gram shingles (BigCode's settings), union-find."""
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    parent = list(range(len(texts)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, text in enumerate(texts):
+        words = re.findall(r"\S+", text)
+        shingles = {" ".join(words[j:j + ngram]) for j in range(max(len(words) - ngram + 1, 1))}
+        mh = MinHash(num_perm=num_perm, seed=1)
+        mh.update_batch([s.encode("utf-8") for s in shingles])
+        mh.hashvalues = np.asarray(mh.hashvalues)
+        for j in lsh.query(mh):
+            ri, rj = find(i), find(int(j))
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+        lsh.insert(str(i), mh)
+    return [find(i) for i in range(len(texts))]
+
+
+def deduplicate(scripts: list[Script], report: Report, near_threshold: float = 0.7) -> list[Script]:
+    """Exact dedup on whitespace-normalised content, then MinHash near-dedup; keeps the first of each group."""
+    scripts = sorted(scripts, key=lambda s: (s.source, s.project, s.path))
+    seen, unique = set(), []
+    for s in scripts:
+        h = normalised_hash(s.text)
+        if h in seen:
+            report.skipped["exact_duplicate"] += 1
+            continue
+        seen.add(h)
+        unique.append(s)
+    clusters = near_duplicate_clusters([s.text for s in unique], threshold=near_threshold)
+    kept = [s for i, s in enumerate(unique) if clusters[i] == i]
+    report.skipped["near_duplicate"] += len(unique) - len(kept)
+    return kept
+
+
+def split_train_validation(scripts: list[Script], fraction: float, seed: int) -> tuple[list[Script], list[Script]]:
+    """Split by file, decided by a seeded hash of the content: the same inputs always split the same way."""
+    def score(s):
+        return int(hashlib.sha256(f"{seed}:{s.sha256}".encode()).hexdigest()[:12], 16) / 16**12
+
+    ranked = sorted(scripts, key=score)
+    n_val = round(len(scripts) * fraction)
+    if fraction > 0 and len(scripts) >= 2:
+        n_val = max(n_val, 1)
+    validation = {id(s) for s in ranked[:n_val]}
+    order = lambda s: (s.source, s.project, s.path)  # noqa: E731
+    return (sorted((s for s in scripts if id(s) not in validation), key=order),
+            sorted((s for s in scripts if id(s) in validation), key=order))
+
+
+# ----------------------------------------------------------------------------- the whole job
+
+def parse_sources(sources: list[str], cache: Path) -> list[tuple[str, object]]:
+    """Turn command-line source words into (kind, iterator factory) pairs, checking them first."""
+    parsed = []
+    for word in sources:
+        if word == "system":
+            parsed.append(("system", lambda: system_candidates()))
+        elif word.startswith("debian:"):
+            names = [p for p in word[len("debian:"):].split(",") if p] or list(DEFAULT_DEBIAN_PACKAGES)
+            bad = [p for p in names if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p)]
+            if bad:
+                raise CollectError(f"not a Debian package name: {', '.join(bad)}; use debian:PKG,PKG")
+            parsed.append(("debian", lambda names=names: debian_candidates(names, cache)))
+        elif word.startswith("hub:"):
+            parsed.append(("hub", lambda spec=word[4:]: hub_scripts(spec)))
+        else:
+            root = Path(word).expanduser()
+            if not root.is_dir():
+                raise CollectError(f"source {word!r} is not a folder, 'system', 'debian:PKG,...' or 'hub:NAME'")
+            parsed.append(("folder", lambda root=root: folder_candidates(root)))
+    return parsed
+
+
+def gather(sources: list[str], cache: Path, max_bytes: int, progress: bool) -> tuple[list[Script], Report]:
+    report = Report()
+    scripts: list[Script] = []
+    for _kind, factory in parse_sources(sources, cache):
+        items = list(factory())  # paths only (or hub rows): bounded by the number of files
+        bar = tqdm(items, desc="scanning", unit="file", disable=not progress, mininterval=0.5)
+        for item in bar:
+            report.seen += 1
+            if isinstance(item, Script):
+                script, reason = item, quality_problem(item.text)
+                script = None if reason else script
+            else:
+                script, reason = read_candidate(item, max_bytes)
+            if reason:
+                report.skipped[reason] += 1
+            else:
+                scripts.append(script)
+    return scripts, report
+
+
+def check_syntax(scripts: list[Script], progress: bool) -> None:
+    """Record each script's ``bash -n`` result (parsing only; nothing runs)."""
+    def one(s):
+        r = bash_parse(s.text)
+        s.bash_n_ok, s.bash_n_error = r.ok, r.error.replace("/usr/bin/bash: ", "").replace("/bin/bash: ", "")
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        list(tqdm(pool.map(one, scripts), total=len(scripts), desc="bash -n", unit="file", disable=not progress))
+
+
+def write_jsonl(path: Path, scripts: list[Script]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s in scripts:
+            f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def collect(sources: list[str], out: str | Path, validation_fraction: float = 0.05, seed: int = 0,
+            max_bytes: int = 1_000_000, near_threshold: float = 0.7, cache: str | Path | None = None,
+            tokenizer=None, progress: bool = True) -> dict:
+    """Collect, clean, split and write the bash corpus; returns the manifest."""
+    if not sources:
+        raise CollectError("no sources given; pass folders, 'system', 'debian:' or 'hub:NAME'")
+    out = Path(out)
+    cache = Path(cache) if cache else Path(os.environ.get("BASHGPT_CACHE", Path.home() / ".cache" / "bashgpt"))
+    scripts, report = gather(sources, cache, max_bytes, progress)
+    kept = deduplicate(scripts, report, near_threshold)
+    check_syntax(kept, progress)
+    train, validation = split_train_validation(kept, validation_fraction, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "validation.jsonl", validation)
+
+    def summary(split):
+        d = {"files": len(split), "bytes": sum(len(s.text.encode()) for s in split),
+             "projects": len({(s.source, s.project) for s in split}),
+             "bash_n_ok": sum(bool(s.bash_n_ok) for s in split)}
+        if tokenizer is not None:
+            d["tokens"] = sum(len(ids) + 1 for ids in encode_batch(tokenizer, [s.text for s in split]))
+        return d
+
+    manifest = {
+        "sources": sources,
+        "settings": {"validation_fraction": validation_fraction, "seed": seed, "max_bytes": max_bytes,
+                     "near_dedup": {"threshold": near_threshold, "num_perm": 256, "ngram": 5},
+                     "filters": {"max_line_length": MAX_LINE_LENGTH, "max_mean_line_length": MAX_MEAN_LINE_LENGTH,
+                                 "min_alnum_fraction": MIN_ALNUM_FRACTION}},
+        "files_seen": report.seen,
+        "skipped": {reason: report.skipped.get(reason, 0) for reason in SKIP_REASONS},
+        "kept": len(kept),
+        "projects": sorted({f"{s.source}:{s.project}" + (f"={s.version}" if s.version else "") for s in kept}),
+        "splits": {"train": summary(train), "validation": summary(validation)},
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / "manifest.json")
+    return manifest
+
+
+def format_summary(manifest: dict, out: str | Path, block_size: int = 1024) -> str:
+    """The collection summary in the guide's terms: files, projects, sequences, tokens."""
+    lines = [f"bash corpus written to {out}"]
+    for split in ("train", "validation"):
+        s = manifest["splits"][split]
+        line = f"  {split:<10} {s['files']:>6} scripts from {s['projects']} projects, {s['bytes'] / 1e6:.2f} MB"
+        if "tokens" in s:
+            line += f", {s['tokens'] / 1e6:.2f}M tokens, {-(-s['tokens'] // block_size)} sequences of {block_size}"
+        line += f", bash -n ok {s['bash_n_ok']}/{s['files']}"
+        lines.append(line)
+    skipped = ", ".join(f"{k} {v}" for k, v in manifest["skipped"].items() if v)
+    lines.append(f"  looked at {manifest['files_seen']} files; skipped: {skipped or 'none'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: bashgpt collect SOURCE... --out DIR")

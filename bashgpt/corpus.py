@@ -1,0 +1,165 @@
+"""Load a text corpus as a ``datasets.DatasetDict`` with ``train`` and ``validation`` splits.
+
+A source is one of:
+  roneneldan/TinyStories (the default for stage 1), or any Hub dataset name with a text column
+  a local file or folder of .txt / .jsonl / .json / .parquet files
+  a ``bashgpt collect`` output folder (train.jsonl, validation.jsonl, manifest.json)
+  ``stdlib``: offline English prose that every Python install carries, the docstrings of the
+  standard library and the language-reference topics in ``pydoc_data`` (about 2 MB)
+"""
+
+import ast
+import os
+import socket
+import sysconfig
+from pathlib import Path
+from urllib.parse import urlparse
+
+import datasets
+
+from .errors import UserError
+
+TINYSTORIES = "roneneldan/TinyStories"
+STDLIB = "stdlib"
+TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+class CorpusError(UserError):
+    """A corpus that cannot be loaded; the message says why and what to do."""
+
+
+def text_column(ds: datasets.Dataset) -> str:
+    """The column that holds the text: 'text', else 'content', else the only string column."""
+    for name in ("text", "content", "code", "story"):
+        if name in ds.column_names:
+            return name
+    strings = [n for n, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    if len(strings) == 1:
+        return strings[0]
+    raise CorpusError(f"cannot tell which column holds the text among {ds.column_names}; name one 'text'")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection within ``timeout`` seconds."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def offline_hint(name: str) -> str:
+    return (f"could not reach the Hugging Face Hub for dataset {name!r} and it is not cached; "
+            f"connect to the network, or pass local files with --dataset PATH (.txt/.jsonl/.parquet), "
+            f"or --dataset stdlib for offline English text")
+
+
+def load_hub_dataset(name: str, split: str | None = None):
+    """``datasets.load_dataset(name)``, failing within seconds with one clear line when offline."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE and not hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # use the local cache only, no retries
+        constants.HF_HUB_OFFLINE = True
+        datasets.config.HF_HUB_OFFLINE = True
+    try:
+        return datasets.load_dataset(name, split=split)
+    except (ConnectionError, FileNotFoundError) as err:
+        if constants.HF_HUB_OFFLINE or "offline" in str(err).lower() or isinstance(err, ConnectionError):
+            raise CorpusError(offline_hint(name)) from None
+        raise CorpusError(f"dataset {name!r} not found on the Hub or locally; check the name") from None
+
+
+def stdlib_texts(min_chars: int = 200) -> list[str]:
+    """English prose from the running Python: stdlib docstrings and pydoc's language topics.
+
+    Parsed with ``ast`` (nothing is imported or run), in a fixed order, so the same Python gives the same text.
+    """
+    texts = []
+    try:
+        from pydoc_data.topics import topics
+
+        texts.extend(topics[key].strip() for key in sorted(topics) if len(topics[key]) >= min_chars)
+    except ImportError:  # some distributions strip pydoc_data
+        pass
+    root = sysconfig.get_paths()["stdlib"]
+    skip = {"site-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3", "dist-packages"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        for name in sorted(f for f in filenames if f.endswith(".py")):
+            try:
+                tree = ast.parse(Path(dirpath, name).read_text("utf-8"))
+            except (SyntaxError, UnicodeDecodeError, OSError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    doc = ast.get_docstring(node)
+                    if doc and len(doc) >= min_chars:
+                        texts.append(doc)
+    if not texts:
+        raise CorpusError("found no standard-library text in this Python; pass --dataset PATH with local text files")
+    return texts
+
+
+def split_off_validation(ds: datasets.Dataset, fraction: float, seed: int) -> datasets.DatasetDict:
+    if len(ds) < 2:
+        raise CorpusError(f"the corpus has {len(ds)} document(s); at least 2 are needed for a validation split")
+    parts = ds.train_test_split(test_size=max(fraction, 1 / len(ds)), seed=seed)
+    return datasets.DatasetDict(train=parts["train"], validation=parts["test"])
+
+
+def local_files(path: Path) -> dict[str, list[str]]:
+    """Data files of one kind under ``path``, grouped as {builder: files}."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    grouped: dict[str, list[str]] = {}
+    for f in files:
+        builder = TEXT_SUFFIXES.get(f.suffix.lower())
+        if builder:
+            grouped.setdefault(builder, []).append(str(f))
+    if not grouped:
+        raise CorpusError(f"no .txt, .jsonl, .json or .parquet files in {path}")
+    if len(grouped) > 1:
+        raise CorpusError(f"{path} mixes file kinds ({', '.join(sorted(grouped))}); point at one kind")
+    return grouped
+
+
+def load_local(path: Path, validation_fraction: float, seed: int) -> datasets.DatasetDict:
+    if (path / "train.jsonl").is_file() and (path / "validation.jsonl").is_file():  # bashgpt collect / split files
+        files = {"train": str(path / "train.jsonl"), "validation": str(path / "validation.jsonl")}
+        if os.path.getsize(files["validation"]) == 0:
+            raise CorpusError(f"{files['validation']} is empty; collect more scripts or raise --validation-fraction")
+        return datasets.load_dataset("json", data_files=files)
+    ((builder, files),) = local_files(path).items()
+    kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+    ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+    return split_off_validation(ds, validation_fraction, seed)
+
+
+def load_corpus(source: str = TINYSTORIES, validation_fraction: float = 0.02, seed: int = 0) -> datasets.DatasetDict:
+    """Load ``source`` as train/validation splits, each with a ``text`` column."""
+    if source == STDLIB:
+        ds = datasets.Dataset.from_dict({"text": stdlib_texts()})
+        dd = split_off_validation(ds, validation_fraction, seed)
+    elif Path(source).expanduser().exists():
+        dd = load_local(Path(source).expanduser(), validation_fraction, seed)
+    elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        raw = load_hub_dataset(source)
+        if "train" not in raw:
+            raise CorpusError(f"dataset {source!r} has no train split (it has {', '.join(raw)})")
+        held_out = next((s for s in ("validation", "valid", "test") if s in raw), None)
+        dd = (datasets.DatasetDict(train=raw["train"], validation=raw[held_out]) if held_out
+              else split_off_validation(raw["train"], validation_fraction, seed))
+    else:
+        raise CorpusError(f"dataset {source!r} is neither a local path nor a Hub name like owner/name; "
+                          f"check the path, or use --dataset stdlib for offline English text")
+    out = {}
+    for split, ds in dd.items():
+        column = text_column(ds)
+        out[split] = ds.rename_column(column, "text") if column != "text" else ds
+        out[split] = out[split].select_columns(["text"])
+    return datasets.DatasetDict(out)
