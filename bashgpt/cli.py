@@ -37,6 +37,13 @@ def cmd_data_stats(args):
     print(format_stats(args.dataset, {s: split_stats(ds) for s, ds in packed.items()}, args.seq_len))
 
 
+def cmd_train(args):
+    from .train import run_training
+    from .train_options import options_from_args
+
+    run_training(options_from_args(args))
+
+
 def default_cache() -> str:
     return str(Path.home() / ".cache" / "bashgpt")
 
@@ -62,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=str(default_tokenizer_dir()), help="tokenizer for the token counts")
     p.add_argument("--block-size", type=int, default=1024, help="sequence length for the summary's sequence count")
     p.set_defaults(func=cmd_collect)
+
+    from .train_options import add_train_arguments
+
+    p = sub.add_parser("train", help="train a stage: --stage language (TinyStories) or --stage code (bash)",
+                       description="Train on HF Trainer with NaN-skipping, loss clamping, best-model saving and resume. "
+                                   "Numeric defaults follow the reference guide's command for the stage and size.")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")

@@ -1,0 +1,97 @@
+"""Save and load complete model folders (weights, config, modeling code, tokenizer), safely.
+
+Saving is atomic: the folder is written beside its destination and renamed into place, so a
+crash mid-save leaves the previous folder loadable. Loading reads safetensors only and turns
+every way a folder can be wrong into one clear error.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import UserError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def atomic_replace_dir(tmp: Path, dest: Path) -> None:
+    """Move the finished folder ``tmp`` to ``dest``, replacing any old one with no moment without a folder."""
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_folder(model, tokenizer, dest: str | Path, card: str | None = None) -> Path:
+    """Write a loadable model folder at ``dest`` atomically."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    if card is not None:
+        (tmp / "README.md").write_text(card)
+    for f in tmp.iterdir():  # make the data durable before the rename makes it visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    atomic_replace_dir(tmp, dest)
+    return dest
+
+
+def check_model_folder(path: str | Path) -> Path:
+    """Raise a clear error unless ``path`` is a bashgpt model folder with safetensors weights."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder; pass a model folder (e.g. OUTPUT/best)")
+    if not (path / "config.json").is_file():
+        if (path / "best" / "config.json").is_file():
+            return check_model_folder(path / "best")
+        raise UserError(f"{path} is not a model folder (no config.json); pass e.g. OUTPUT/best")
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except json.JSONDecodeError:
+        raise UserError(f"{path / 'config.json'} is not valid JSON; the folder is damaged") from None
+    if model_type != "bashgpt":
+        raise UserError(f"{path} holds a {model_type!r} model, not bashgpt; custom code in it is never run "
+                        f"(pass --trust-remote-code only for folders you trust)")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        found = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+        hint = f" (found {found[0]}: bashgpt loads only safetensors)" if found else ""
+        raise UserError(f"{path} has no model.safetensors{hint}")
+    return path
+
+
+def load_model(path: str | Path, dtype=None):
+    """Load a bashgpt model folder (safetensors only); damaged weights are a clear error."""
+    from safetensors import SafetensorError
+
+    from . import BashGPTForCausalLM
+
+    path = check_model_folder(path)
+    try:
+        return BashGPTForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"cannot load the weights in {path}: {first}; the file is truncated or corrupt, "
+                        f"use an earlier checkpoint") from None
+
+
+def load_model_and_tokenizer(path: str | Path, dtype=None):
+    """A model folder and the tokenizer saved beside it; checks they belong together."""
+    from .tokenization import load_tokenizer
+
+    path = check_model_folder(path)
+    if not (path / "tokenizer.json").is_file():
+        raise UserError(f"{path} has no tokenizer (tokenizer.json); copy the tokenizer the model was trained with "
+                        f"into it, e.g. cp tokenizer/tokenizer*.json {path}/")
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, dtype=dtype)
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(f"the tokenizer in {path} has {len(tokenizer)} tokens but the model only {model.config.vocab_size}; "
+                        f"they do not belong together")
+    return model, tokenizer

@@ -1,0 +1,277 @@
+"""Run a training stage on HF Trainer: stage 1 (language) or stage 2 (code), on MPS, CUDA or CPU.
+
+``run_training(options)`` is what ``bashgpt train``, ``recipes/stage1.py`` and
+``recipes/stage2.py`` call. Output folder layout::
+
+    OUTPUT/best/                 complete model folder of the best validation loss (loads with from_pretrained)
+    OUTPUT/checkpoints/          the last checkpoints, for --resume
+    OUTPUT/log.jsonl             one line per log event; OUTPUT/train.log, what was said
+    OUTPUT/training_curves.png   loss, validation loss and learning rate against steps
+    OUTPUT/run.json              the options of the run
+"""
+
+import dataclasses
+import importlib.util
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments, default_data_collator
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import BashGPTConfig, BashGPTForCausalLM
+from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
+from .corpus import load_corpus
+from .devices import choose_precision, resolve_device
+from .errors import UserError
+from .modelio import save_model_folder
+from .packing import packed_splits, split_stats
+from .report import model_card, plot_training_curves
+from .stability import NAN_ADVICE, SafeTrainer, SkipLedger
+from .tokenization import default_tokenizer_dir, load_tokenizer
+from .train_options import LOSS_TARGETS, TrainOptions
+from .training_callbacks import Advice, BestModelSaver, EpochBoundary, JsonlLog
+
+# Options that may differ between a run and its --resume without making it another run.
+RESUME_MUTABLE = {"resume", "overwrite", "progress", "num_proc", "cache_dir", "device", "use_compile"}
+
+
+class Run:
+    """Where a run writes, and how it talks."""
+
+    def __init__(self, output_dir: Path, is_main: bool = True):
+        self.dir = output_dir
+        self.is_main = is_main
+
+    def say(self, message: str) -> None:
+        if not self.is_main:
+            return
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"[bashgpt] {message}", file=sys.stderr)
+        with open(self.dir / "train.log", "a") as f:
+            f.write(message + "\n")
+
+
+def validate(opts: TrainOptions) -> None:
+    """Refuse impossible numbers before any work."""
+    for name in ("batch_size", "num_epochs", "steps_per_epoch", "gradient_accumulation_steps", "seq_len",
+                 "eval_steps", "eval_blocks"):
+        value = getattr(opts, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
+    if opts.learning_rate is not None and not opts.learning_rate > 0:
+        raise UserError(f"--learning-rate must be positive, got {opts.learning_rate}")
+    if opts.warmup_steps is not None and opts.warmup_steps < 0:
+        raise UserError(f"--warmup-steps must be 0 or more, got {opts.warmup_steps}")
+    if opts.stage == "code" and not opts.dataset:
+        raise UserError("stage 2 (--stage code) needs --dataset: a 'bashgpt collect' folder of bash scripts")
+    if opts.resume and opts.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+
+
+def plan_model(opts: TrainOptions):
+    """(config, preset name, checkpoint path or None, legacy state or None); checks flags against the checkpoint."""
+    if opts.checkpoint:
+        path = resolve_checkpoint(opts.checkpoint)
+        config, state = checkpoint_config(path)
+        check_architecture(config, opts.model_size, opts.use_rmsnorm, opts.use_rope, f"checkpoint {path}")
+        return config, preset_of(config) or "tiny", path, state
+    if opts.stage == "code":
+        print("[bashgpt] warning: stage 2 without --checkpoint trains a new model from scratch on bash", file=sys.stderr)
+    preset = opts.model_size or "tiny"
+    config = BashGPTConfig.from_preset(preset, norm_type="rmsnorm" if opts.use_rmsnorm else "layernorm",
+                                       position_embedding_type="rope" if opts.use_rope else "learned")
+    return config, preset, None, None
+
+
+def prepare_output_dir(opts: TrainOptions) -> tuple[Path, str | None]:
+    """Create or check the output folder; returns it and the checkpoint to resume from."""
+    out = Path(opts.output_dir)
+    record = out / "run.json"
+    mine = {k: v for k, v in dataclasses.asdict(opts).items() if k not in RESUME_MUTABLE}
+    if opts.resume:
+        last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
+        if last is None:
+            raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
+        if record.is_file():
+            theirs = {k: v for k, v in json.loads(record.read_text()).items() if k not in RESUME_MUTABLE}
+            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+            if changed:
+                raise UserError(f"--resume with different options than the run in {out} ({', '.join(changed)}); "
+                                f"use the same flags, or a new --output-dir")
+        return out, last
+    if record.is_file() or (out / "checkpoints").is_dir():
+        if not opts.overwrite:
+            raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                            f"or another --output-dir")
+        for name in ("checkpoints", "best", "log.jsonl", "train.log", "training_curves.png", "run.json", "runs"):
+            p = out / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, None
+
+
+def choose_tokenizer(opts: TrainOptions, ckpt_path: Path | None):
+    if opts.tokenizer:
+        return load_tokenizer(opts.tokenizer)
+    if ckpt_path is not None and ckpt_path.is_dir() and (ckpt_path / "tokenizer.json").is_file():
+        return load_tokenizer(ckpt_path)
+    return load_tokenizer(default_tokenizer_dir())
+
+
+def training_arguments(opts: TrainOptions, out: Path, device: str, precision, max_steps: int) -> TrainingArguments:
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.gradient_accumulation_steps,
+        max_steps=max_steps,
+        learning_rate=opts.learning_rate,
+        warmup_steps=opts.warmup_steps,
+        lr_scheduler_type="constant_with_warmup" if opts.lr_schedule == "constant" else "cosine",
+        weight_decay=opts.weight_decay,
+        adam_beta2=0.95,
+        max_grad_norm=opts.max_grad_norm,
+        optim="adamw_torch" if (device == "mps" and precision.fp16) else "adamw_torch_fused",
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        use_cpu=device == "cpu",
+        torch_compile=opts.use_compile,
+        activation_checkpointing=opts.use_gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if opts.use_gradient_checkpointing else None,
+        eval_strategy="steps",
+        eval_steps=opts.eval_steps,
+        save_strategy="steps",
+        save_steps=opts.eval_steps,
+        save_total_limit=opts.save_total_limit,
+        logging_steps=max(1, min(10, max_steps // 50)),
+        logging_first_step=True,
+        report_to=["tensorboard"] if tensorboard else "none",
+        seed=opts.seed,
+        data_seed=opts.seed,
+        dataloader_pin_memory=device == "cuda",
+        dataloader_drop_last=True,
+        disable_tqdm=not opts.progress,
+    )
+
+
+def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
+    """Train one stage end to end; returns a summary (paths, losses, steps, skipped updates)."""
+    validate(opts)
+    config, preset, ckpt_path, legacy_state = plan_model(opts)
+    opts.fill_defaults(preset)
+    validate(opts)
+    out, resume_from = prepare_output_dir(opts)
+    device = resolve_device(opts.device)
+    precision = choose_precision(device, opts.use_amp)
+    max_steps = opts.num_epochs * opts.steps_per_epoch
+    args = training_arguments(opts, out, device, precision, max_steps)
+    run = Run(out, is_main=args.process_index == 0)
+    if run.is_main:
+        (out / "run.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
+        if resume_from:
+            truncate_log(out / "log.jsonl", int(Path(resume_from).name.split("-")[-1]))
+
+    tokenizer = choose_tokenizer(opts, ckpt_path)
+    if len(tokenizer) > config.vocab_size:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}; "
+                        f"use the tokenizer the checkpoint was trained with (--tokenizer)")
+    with args.main_process_first(desc="tokenising"):
+        corpus = load_corpus(opts.dataset, seed=opts.seed)
+        cache = opts.cache_dir or str(Path.home() / ".cache" / "bashgpt" / "packed")
+        packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir=cache, num_proc=opts.num_proc)
+    stats = {split: split_stats(ds) for split, ds in packed.items()}
+    eval_ds = packed["validation"].select(range(min(opts.eval_blocks, len(packed["validation"]))))
+    if len(packed["train"]) < opts.batch_size or len(eval_ds) == 0:
+        raise UserError(f"{opts.dataset} gives {len(packed['train'])} training and {len(eval_ds)} validation "
+                        f"sequences of {opts.seq_len} tokens; use more data or a smaller --seq-len/--batch-size")
+
+    if ckpt_path is not None:
+        model = load_checkpoint_model(ckpt_path, config, legacy_state)
+    else:
+        config.eos_token_id, config.pad_token_id, config.bos_token_id = (
+            tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        if opts.seq_len > config.max_position_embeddings and config.position_embedding_type == "learned":
+            raise UserError(f"--seq-len {opts.seq_len} is longer than the model's {config.max_position_embeddings} "
+                            f"positions; lower --seq-len")
+        torch.manual_seed(opts.seed)
+        model = BashGPTForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    world = args.world_size
+    effective_batch = opts.batch_size * opts.gradient_accumulation_steps * world
+    run.say(f"stage {opts.stage}: {preset} preset, {n_params / 1e6:.1f}M parameters "
+            f"({config.norm_type}, {config.position_embedding_type} positions) on {device} ({precision.note})")
+    run.say(f"{world} process{'es' if world > 1 else ''} took part ({args.parallel_mode.name}); effective batch "
+            f"{effective_batch} x {opts.seq_len} tokens; {opts.num_epochs} epochs x {opts.steps_per_epoch} steps")
+    run.say(f"data {opts.dataset}: train {stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M "
+            f"tokens, validation {stats['validation']['sequences']:,} / {stats['validation']['tokens'] / 1e6:.2f}M "
+            f"(evaluating on {len(eval_ds)} sequences)")
+
+    ledger = SkipLedger(max_fraction=opts.max_skip_fraction, max_consecutive=opts.max_consecutive_skips)
+    best_dir = out / "best"
+    card_info = {
+        "preset": preset, "stage": opts.stage, "parameters": n_params, "dataset": opts.dataset,
+        "architecture": f"{config.norm_type}, {config.position_embedding_type} positions",
+        "train_sequences": stats["train"]["sequences"], "train_tokens": stats["train"]["tokens"],
+        "validation_tokens": stats["validation"]["tokens"], "max_steps": max_steps,
+        "effective_batch": effective_batch, "seq_len": opts.seq_len, "path": str(best_dir),
+        "from_checkpoint": str(ckpt_path) if ckpt_path else None,
+    }
+    advice = Advice(ledger, run.say)
+
+    def save_best(model_to_save, state):
+        loss = advice.eval_losses[-1] if advice.eval_losses else None
+        info = dict(card_info, step=state.global_step, eval_loss=loss,
+                    train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
+        save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info))
+        (best_dir / "bashgpt_best.json").write_text(json.dumps({"step": state.global_step, "eval_loss": loss}))
+        run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}")
+
+    best_loss = math.inf
+    if resume_from and (best_dir / "bashgpt_best.json").is_file():
+        best_loss = json.loads((best_dir / "bashgpt_best.json").read_text())["eval_loss"]
+    tokens_per_step = effective_batch * opts.seq_len
+    callbacks = [EpochBoundary(opts.steps_per_epoch, opts.num_epochs, run.say),
+                 JsonlLog(out / "log.jsonl", tokens_per_step, opts.steps_per_epoch, device, ledger, run.is_main), advice,
+                 BestModelSaver(save_best, run.is_main, best_loss), *extra_callbacks]
+    trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
+                          data_collator=default_data_collator, processing_class=tokenizer, callbacks=callbacks,
+                          loss_clamp=opts.loss_clamp, skip_ledger=ledger)
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    if run.is_main:
+        plot_training_curves(out / "log.jsonl", out / "training_curves.png",
+                             f"bashgpt {preset}, stage {opts.stage}")
+    summary = {"output_dir": str(out), "best": str(best_dir), "step": trainer.state.global_step,
+               "max_steps": max_steps, "skipped_steps": ledger.skipped_total, "world_size": world,
+               "eval_losses": advice.eval_losses, "train_loss": advice.train_losses[-1] if advice.train_losses else None,
+               "curves": str(out / "training_curves.png")}
+    if ledger.abort_reason:
+        raise UserError(f"training stopped: {ledger.abort_reason}. {NAN_ADVICE}. "
+                        f"The last good model is in {best_dir}; checkpoints in {out / 'checkpoints'}")
+    for line in closing_lines(opts.stage, preset, advice.eval_losses, summary):
+        run.say(line)
+    return summary
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a resumed run starts from."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def closing_lines(stage: str, preset: str, eval_losses: list[float], summary: dict) -> list[str]:
+    lines = [f"done: {summary['step']} steps, {summary['skipped_steps']} skipped; best model in {summary['best']}; "
+             f"curves in {summary['curves']}"]
+    target = LOSS_TARGETS[stage].get(preset)
+    if eval_losses and target is not None:
+        best = min(eval_losses)
+        verdict = "meets" if best < target else "is above"
+        lines.append(f"best validation loss {best:.3f} {verdict} the guide's target for {preset} at this stage (<{target})")
+    return lines

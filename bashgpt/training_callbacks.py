@@ -1,0 +1,118 @@
+"""Trainer callbacks: epochs of --steps-per-epoch steps, a readable JSONL log, the best model, plain advice."""
+
+import json
+import math
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .devices import peak_memory_bytes
+
+
+class EpochBoundary(TrainerCallback):
+    """An epoch is ``steps_per_epoch`` optimizer steps: evaluate and checkpoint at the end of each."""
+
+    def __init__(self, steps_per_epoch: int, num_epochs: int, say):
+        self.steps_per_epoch = steps_per_epoch
+        self.num_epochs = num_epochs
+        self.say = say
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.steps_per_epoch == 0:
+            control.should_evaluate = True
+            control.should_save = True
+            self.say(f"epoch {state.global_step // self.steps_per_epoch}/{self.num_epochs} done "
+                     f"(step {state.global_step}/{state.max_steps})")
+        return control
+
+
+class JsonlLog(TrainerCallback):
+    """One JSON line per log event: loss, eval loss, lr, grad norm, tokens/s, skipped steps, peak memory."""
+
+    def __init__(self, path: Path, tokens_per_step: int, steps_per_epoch: int, device: str, ledger, is_main: bool):
+        self.path = path
+        self.steps_per_epoch = steps_per_epoch
+        self.tokens_per_step = tokens_per_step
+        self.device = device
+        self.ledger = ledger
+        self.is_main = is_main
+        self.last_time = None
+        self.last_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_time, self.last_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.is_main or not logs:
+            return
+        now = time.perf_counter()
+        record = {"step": state.global_step, "epoch": round(state.global_step / self.steps_per_epoch, 3)}
+        record.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()})
+        if "loss" in logs and state.global_step > self.last_step:
+            record["tokens_per_s"] = round(self.tokens_per_step * (state.global_step - self.last_step)
+                                           / max(now - self.last_time, 1e-9), 1)
+            self.last_time, self.last_step = now, state.global_step
+        record["skipped_steps"] = self.ledger.skipped_total
+        record["peak_memory_gb"] = round(peak_memory_bytes(self.device) / 2**30, 3)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class BestModelSaver(TrainerCallback):
+    """Keep ``OUTPUT/best/`` as a complete model folder of the lowest validation loss so far."""
+
+    def __init__(self, save, is_main: bool, best_loss: float = math.inf):
+        self.save = save  # callable(model, metrics)
+        self.is_main = is_main
+        self.best_loss = best_loss
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is not None and math.isfinite(loss) and loss < self.best_loss:
+            self.best_loss = loss
+            if self.is_main:
+                self.save(model, state)
+
+
+class Advice(TrainerCallback):
+    """The guide's good and warning signs, said plainly at each evaluation."""
+
+    def __init__(self, ledger, say):
+        self.ledger = ledger
+        self.say = say
+        self.eval_losses: list[float] = []
+        self.train_losses: list[float] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and math.isfinite(logs["loss"]):
+            self.train_losses.append(logs["loss"])
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None:
+            return
+        self.eval_losses.append(loss)
+        for line in self.advise(loss, state.global_step / max(args.max_steps, 1)):
+            self.say(line)
+
+    def advise(self, loss: float, progress: float) -> list[str]:
+        notes = [f"validation loss {loss:.3f} (perplexity {math.exp(min(loss, 50)):.1f})"]
+        if not math.isfinite(loss):
+            notes.append("warning: validation loss is not finite; lower --learning-rate or raise --warmup-steps")
+        elif len(self.eval_losses) >= 2 and loss > self.eval_losses[-2] * 1.01:
+            notes.append("warning: validation loss rose since the last evaluation"
+                         + ("; early in a run this means the learning rate is too high: try a lower --learning-rate "
+                            "or a longer --warmup-steps" if progress < 0.5 else "; the model may be overfitting"))
+        elif len(self.eval_losses) >= 3 and progress < 0.5 and self.eval_losses[-3] - loss < 0.01 * loss:
+            notes.append("warning: validation loss has plateaued early; try a higher --learning-rate, a larger "
+                         "--batch-size or --gradient-accumulation-steps")
+        if self.train_losses and math.isfinite(loss):
+            recent = sum(self.train_losses[-5:]) / len(self.train_losses[-5:])
+            if loss > 1.3 * recent + 0.2:
+                notes.append(f"warning: validation loss is far above training loss ({recent:.3f}): overfitting; "
+                             f"use more data or fewer steps")
+        if self.ledger.recent_fraction > 0.05:
+            notes.append(f"warning: {self.ledger.recent_fraction:.0%} of recent updates were skipped for NaN/inf; "
+                         f"lower --learning-rate or raise --warmup-steps")
+        return notes
