@@ -137,9 +137,13 @@ def check_architecture(config: BashGPTConfig, model_size: str | None, use_rmsnor
 def fit_to_model(state: dict, model: BashGPTForCausalLM) -> dict:
     """Transpose GPT-2 Conv1D weights where that makes them fit; report missing and unexpected names."""
     own = model.state_dict()
+    # GPT-2's Conv1D stores every block matrix as (in, out); nn.Linear (ours, nanoGPT's) as (out, in).
+    # The MLP's first matrix is never square, so its shape tells the layout of all of them.
+    fc = "transformer.h.0.mlp.c_fc.weight"
+    conv1d = fc in state and fc in own and state[fc].shape == own[fc].t().shape != own[fc].shape
     fitted = {}
     for name, tensor in state.items():
-        if name in own and tensor.dim() == 2 and tensor.shape != own[name].shape and tensor.t().shape == own[name].shape:
+        if conv1d and name.startswith("transformer.h.") and tensor.dim() == 2:
             tensor = tensor.t().contiguous()
         fitted[name] = tensor
     if "lm_head.weight" not in fitted and "transformer.wte.weight" in fitted:

@@ -1,0 +1,295 @@
+"""Training: the two stages, NaN skipping, loss clamping, abort, resume, stage-2 checkpoints."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from bashgpt import BashGPTConfig, BashGPTForCausalLM
+from bashgpt.cli import main
+from bashgpt.errors import UserError
+from bashgpt.modelio import load_model, save_model_folder
+from bashgpt.stability import clamp_loss
+from bashgpt.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.train import run_training
+from bashgpt.train_options import TrainOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_corpus(folder: Path, kind: str, n: int = 60) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "english":
+        docs = [f"Once upon a time, story {i} told of a cat named Tom who liked the number {i * 7}." for i in range(n)]
+    else:
+        docs = [f"#!/bin/bash\n# task {i}\nfor f in /tmp/{i}/*; do\n  echo \"$f\" | wc -c\ndone\nexit {i % 3}\n"
+                for i in range(n)]
+    split = n // 6
+    for name, part in (("train", docs[split:]), ("validation", docs[:split])):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
+    return folder
+
+
+def options(tmp_path, **kw) -> TrainOptions:
+    base = dict(stage="language", model_size="nano", dataset=str(write_corpus(tmp_path / "english", "english")),
+                output_dir=str(tmp_path / "run"), batch_size=2, num_epochs=2, steps_per_epoch=3, learning_rate=1e-3,
+                warmup_steps=1, seq_len=32, eval_blocks=4, device="cpu", cache_dir=str(tmp_path / "cache"),
+                progress=False, seed=7)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def test_stage1_then_stage2_from_its_checkpoint(tmp_path):
+    s1 = run_training(options(tmp_path))
+    assert s1["step"] == 6 and len(s1["eval_losses"]) == 2  # validated at the end of each epoch
+    best = Path(s1["best"])
+    assert {"model.safetensors", "config.json", "tokenizer.json", "modeling_bashgpt.py", "README.md"} <= {
+        p.name for p in best.iterdir()}
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 10_000
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("tokens_per_s" in r for r in log) and all("peak_memory_gb" in r for r in log)
+    assert "validation loss" in (best / "README.md").read_text()
+
+    from transformers import AutoModelForCausalLM, pipeline
+
+    assert isinstance(AutoModelForCausalLM.from_pretrained(best), BashGPTForCausalLM)
+    assert pipeline("text-generation", model=str(best))("Once", max_new_tokens=3, do_sample=False)
+
+    s2 = run_training(options(tmp_path, stage="code", model_size=None, checkpoint=str(tmp_path / "run"),
+                              dataset=str(write_corpus(tmp_path / "bash", "bash")), output_dir=str(tmp_path / "run2")))
+    assert s2["step"] == 6
+    card = (Path(s2["best"]) / "README.md").read_text()
+    assert "code stage" in card and str(best) in card
+
+
+class Poison(TrainerCallback):
+    """Injects NaN at chosen optimizer steps, in the loss or in a gradient, and snapshots state around them."""
+
+    def __init__(self, steps, where="loss", micro=None):
+        self.steps, self.where, self.micro = set(steps), where, micro
+        self.before, self.after, self.active, self.handles, self.micro_count = {}, {}, False, [], 0
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        def forward_hook(module, inputs, output):
+            self.micro_count += 1
+            if self.active and self.where == "loss" and (self.micro is None or self.micro_count == self.micro):
+                return output * float("nan")
+
+        def grad_hook(grad):
+            if self.active and self.where == "grad":
+                return grad * float("nan")
+
+        self.handles = [model.transformer.wte.register_forward_hook(forward_hook),
+                        model.transformer.h[0].mlp.c_fc.weight.register_hook(grad_hook)]
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kw):
+        step = state.global_step + 1
+        self.active, self.micro_count = step in self.steps, 0
+        if self.active:
+            self.before[step] = snapshot(model, optimizer)
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):
+        if state.global_step in self.steps:
+            self.after[state.global_step] = snapshot(model, optimizer)
+        self.active = False
+
+
+def snapshot(model, optimizer):
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+           for s in optimizer.state_dict()["state"].values()] if optimizer else []
+    return weights, opt
+
+
+def assert_same(a, b):
+    (wa, oa), (wb, ob) = a, b
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert len(oa) == len(ob)
+    for sa, sb in zip(oa, ob, strict=True):
+        assert all(torch.equal(sa[k], sb[k]) if torch.is_tensor(sa[k]) else sa[k] == sb[k] for k in sa)
+
+
+@pytest.mark.parametrize("where, accumulation, micro", [("loss", 1, None), ("grad", 1, None), ("loss", 2, 2)])
+def test_nan_update_is_skipped_with_state_bit_identical(tmp_path, where, accumulation, micro):
+    poison = Poison(steps=[4], where=where, micro=micro)
+    summary = run_training(options(tmp_path, gradient_accumulation_steps=accumulation), extra_callbacks=[poison])
+    assert summary["step"] == 6 and summary["skipped_steps"] == 1
+    assert_same(poison.before[4], poison.after[4])
+    final = load_model(summary["best"])
+    assert all(torch.isfinite(p).all() for p in final.parameters())
+    assert math.isfinite(summary["eval_losses"][-1])
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["skipped_steps"] == 1
+
+
+def test_run_that_keeps_failing_aborts_with_advice_and_keeps_best(tmp_path):
+    poison = Poison(steps=range(4, 100))
+    with pytest.raises(UserError) as err:
+        run_training(options(tmp_path, num_epochs=4, max_consecutive_skips=3), extra_callbacks=[poison])
+    message = str(err.value)
+    assert "3 updates in a row" in message and "--learning-rate" in message and "--warmup-steps" in message
+    assert torch.isfinite(next(load_model(tmp_path / "run" / "best").parameters())).all()
+
+
+def test_skip_fraction_threshold():
+    from bashgpt.stability import SkipLedger
+
+    ledger = SkipLedger(max_fraction=0.05, max_consecutive=100)
+    for step in range(1, 101):
+        ledger.record(step % 17 == 0, step)  # 5 skips: at the threshold, not past it
+    assert ledger.abort_reason is None
+    ledger.record(True, 101)
+    assert ledger.abort_reason and "more than 5%" in ledger.abort_reason
+
+
+def test_loss_clamp_scales_and_keeps_direction():
+    w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    loss = (w**2).sum()  # 14
+    (g_plain,) = torch.autograd.grad(loss, w, retain_graph=True)
+    clamped = clamp_loss(loss, 7.0)
+    (g_clamped,) = torch.autograd.grad(clamped, w)
+    assert clamped.item() == pytest.approx(7.0)
+    assert torch.allclose(g_clamped, g_plain * 0.5)
+    assert torch.nn.functional.cosine_similarity(g_plain, g_clamped, dim=0).item() == pytest.approx(1.0)
+    assert clamp_loss(loss, 20.0) is loss
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    straight = run_training(options(tmp_path, output_dir=str(tmp_path / "a"), num_epochs=3, eval_steps=2))
+    run_training(options(tmp_path, output_dir=str(tmp_path / "b"), num_epochs=3, eval_steps=2),
+                 extra_callbacks=[StopAt(4)])
+    resumed = run_training(options(tmp_path, output_dir=str(tmp_path / "b"), num_epochs=3, eval_steps=2, resume=True))
+    assert resumed["step"] == straight["step"] == 9
+    a = load_model(Path(straight["output_dir"]) / "checkpoints" / "checkpoint-9")
+    b = load_model(Path(resumed["output_dir"]) / "checkpoints" / "checkpoint-9")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_output_folder_of_another_run_is_refused(tmp_path):
+    run_training(options(tmp_path, num_epochs=1))
+    with pytest.raises(UserError, match="already holds a run"):
+        run_training(options(tmp_path, num_epochs=1))
+    with pytest.raises(UserError, match="different options"):
+        run_training(options(tmp_path, num_epochs=1, learning_rate=5e-4, resume=True))
+    assert run_training(options(tmp_path, num_epochs=1, overwrite=True))["step"] == 3
+
+
+@pytest.fixture
+def nano_checkpoint(tmp_path):
+    tok = load_tokenizer(default_tokenizer_dir())
+    model = BashGPTForCausalLM(BashGPTConfig.from_preset("nano", max_position_embeddings=64))
+    return save_model_folder(model, tok, tmp_path / "stage1" / "best"), model
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [(["--use-rope"], ["--use-rope", "learned"]), (["--use-rmsnorm"], ["--use-rmsnorm", "layernorm"]),
+     (["--model-size", "tiny"], ["--model-size tiny", "nano"])],
+)
+def test_architecture_mismatch_is_refused_before_any_work(tmp_path, nano_checkpoint, capsys, flags, words):
+    code = main(["train", "--stage", "code", "--checkpoint", str(tmp_path / "stage1"), "--dataset", str(tmp_path / "none"),
+                 "--output-dir", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and all(w in err for w in words)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("prefix, transpose, suffix", [("", False, ".pth"), ("_orig_mod.", False, ".pth"),
+                                                       ("module.", True, ".pth"), ("", False, ".npz")])
+def test_legacy_checkpoints_import_with_names_mapped(tmp_path, nano_checkpoint, prefix, transpose, suffix):
+    from bashgpt.checkpoints import checkpoint_config, load_checkpoint_model
+
+    _, model = nano_checkpoint
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if transpose and name.endswith("weight") and ".h." in name and tensor.dim() == 2:
+            tensor = tensor.t().contiguous()  # GPT-2 Conv1D layout
+        state[prefix + name] = tensor
+    path = tmp_path / f"language_model_best{suffix}"
+    if suffix == ".pth":
+        torch.save(state, path)
+    else:
+        import numpy as np
+
+        np.savez(path, **{k: v.numpy() for k, v in state.items()})
+    config, loaded_state = checkpoint_config(path)
+    assert (config.num_hidden_layers, config.hidden_size, config.norm_type) == (4, 128, "layernorm")
+    loaded = load_checkpoint_model(path, config, loaded_state)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/bashgpt-pwned",))
+
+
+def test_pth_with_pickled_code_is_refused(tmp_path):
+    from bashgpt.checkpoints import checkpoint_config
+
+    path = tmp_path / "evil.pth"
+    torch.save({"transformer.wte.weight": torch.zeros(2, 2), "x": Exploit()}, path)
+    with pytest.raises(UserError, match="refusing to load"):
+        checkpoint_config(path)
+    assert not Path("/tmp/bashgpt-pwned").exists()
+
+
+@pytest.mark.parametrize("flags, words", [(["--batch-size", "0"], ["--batch-size", "0"]),
+                                          (["--learning-rate", "-1"], ["--learning-rate", "-1"]),
+                                          (["--stage", "code"], ["--dataset"])])
+def test_bad_numbers_are_one_line_errors(tmp_path, capsys, flags, words):
+    code = main(["train", "--output-dir", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and all(w in err for w in words)
+
+
+def test_recipe_help_lists_the_guide_flags():
+    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "stage1.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--stage", "--model-size", "--batch-size", "--num-epochs", "--steps-per-epoch", "--learning-rate",
+                 "--warmup-steps", "--checkpoint", "--gradient-accumulation-steps", "--use-compile", "--use-amp",
+                 "--use-gradient-checkpointing", "--use-rmsnorm", "--use-rope", "--dataset", "--output-dir",
+                 "--seq-len", "--eval-steps", "--resume", "--seed", "--device"):
+        assert flag in out.stdout
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_with_ddp(tmp_path):
+    """torchrun gives real DDP on CPU (gloo); the log must say that two processes took part."""
+    corpus = write_corpus(tmp_path / "english", "english", n=120)
+    common = ["--stage", "language", "--model-size", "nano", "--dataset", str(corpus), "--num-epochs", "1",
+              "--steps-per-epoch", "4", "--learning-rate", "1e-3", "--warmup-steps", "1", "--seq-len", "32",
+              "--eval-blocks", "4", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          str(ROOT / "recipes" / "stage1.py"), *common, "--batch-size", "2",
+                          "--output-dir", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes took part (DISTRIBUTED)" in (tmp_path / "two" / "train.log").read_text()
+    one = subprocess.run([sys.executable, str(ROOT / "recipes" / "stage1.py"), *common, "--batch-size", "4",
+                          "--output-dir", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    def eval_loss(run):
+        return json.loads((tmp_path / run / "best" / "bashgpt_best.json").read_text())["eval_loss"]
+
+    # Same global batch (2 x 2 vs 4 x 1), same seed: consistent loss curves (data order differs).
+    assert abs(eval_loss("two") - eval_loss("one")) < 0.1 * eval_loss("one")
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
