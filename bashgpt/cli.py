@@ -44,6 +44,107 @@ def cmd_train(args):
     run_training(options_from_args(args))
 
 
+def load_for_inference(model_dir: str, device: str):
+    from .devices import resolve_device
+    from .modelio import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    return model.to(resolve_device(device)), tokenizer
+
+
+def sampling_from(args):
+    from .generate import SamplingOptions
+
+    return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                           greedy=getattr(args, "greedy", False))
+
+
+def cmd_generate(args):
+    from .generate import check_report, generate
+
+    if args.prompt_file:
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read --prompt-file {args.prompt_file}: {err}") from None
+        if not prompt.strip():
+            raise UserError(f"--prompt-file {args.prompt_file} is empty; put the opening of a script in it")
+    else:
+        prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
+    if args.num_samples <= 0:
+        raise UserError(f"--num-samples must be positive, got {args.num_samples}")
+    model, tokenizer = load_for_inference(args.model_dir, args.device)
+    sampling = sampling_from(args)
+    for i in range(args.num_samples):
+        print(f"----- sample {i + 1} -----\n{prompt}", end="", flush=True)
+        seed = None if args.seed is None else args.seed + i
+        sample = generate(model, tokenizer, prompt, sampling, seed=seed, stream=sys.stdout)[0]
+        if not sample.ended:
+            print("\n  (stopped at --max-new-tokens before end of text)")
+        if args.check:
+            print("\n".join(check_report(sample.script)))
+
+
+def cmd_eval(args):
+    from .corpus import load_corpus
+    from .evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
+    from .modelio import check_model_folder
+    from .train import corpus_of
+
+    model_dir = check_model_folder(args.model_dir)
+    lineage_file = model_dir / "bashgpt_training.json"
+    lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
+    language = args.language_data or corpus_of(lineage, "language")
+    code = args.code_data or corpus_of(lineage, "code")
+    if not language and not code:
+        raise UserError("cannot tell what data this model was trained on; pass --language-data and/or --code-data")
+    model, tokenizer = load_for_inference(str(model_dir), args.device)
+    texts = {name: list(load_corpus(src)["validation"]["text"]) if src else None
+             for name, src in (("language", language), ("code", code))}
+    prompts = load_prompts(Path(args.prompts)) if args.prompts else load_prompts()
+    result = evaluate(model, tokenizer, texts["language"], texts["code"], prompts,
+                      samples_per_prompt=args.samples_per_prompt, sampling=sampling_from(args), seq_len=args.seq_len,
+                      max_blocks=args.max_blocks, seed=args.seed)
+    result["data"] = {"language": language, "code": code}
+    print(format_table(result))
+    out = Path(args.out) if args.out else model_dir / "eval.json"
+    save_json(out, result)
+    add_to_model_card(model_dir, result)
+    print(f"\nJSON written to {out}; figures added to {model_dir / 'README.md'}")
+
+
+def cmd_export(args):
+    from .export import export_gpt2
+    from .modelio import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(args.model_dir)
+    out = export_gpt2(model, tokenizer, args.out)
+    print(f"stock GPT2LMHeadModel folder written to {out} (no custom code; loads with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+
+
+def cmd_quickstart(args):
+    from .quickstart import QuickstartPlan, run_quickstart
+
+    plan = QuickstartPlan(out=Path(args.out))
+    if args.smoke:
+        plan = QuickstartPlan.smoke(Path(args.out), args.smoke_source or "system")
+    if args.no_debian:
+        plan.debian = False
+    run_quickstart(plan, device=args.device)
+
+
+def add_sampling_arguments(p, max_new_tokens: int):
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--repetition-penalty", type=float, default=1.1)
+    p.add_argument("--seed", type=int, default=None if max_new_tokens == 256 else 0, help="seed for sampling")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+
+
 def default_cache() -> str:
     return str(Path.home() / ".cache" / "bashgpt")
 
@@ -77,6 +178,44 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Numeric defaults follow the reference guide's command for the stage and size.")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="write bash with a trained model (streams; --check parses it, never runs it)")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model folder, e.g. runs/code-tiny/best")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default="#!/bin/bash\n", help="the opening of the script (default: a bash shebang)")
+    src.add_argument("--prompt-file", help="read the prompt from a file")
+    p.add_argument("--escapes", action="store_true", help="interpret \\n and \\t in --prompt")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--check", action="store_true", help="run bash -n and ShellCheck on each sample (never executes it)")
+    add_sampling_arguments(p, 256)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="held-out loss on both corpora and the quality of generated bash")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--language-data", help="stage-1 corpus (default: what the model was trained on)")
+    p.add_argument("--code-data", help="bash corpus (default: what the model was fine-tuned on)")
+    p.add_argument("--prompts", help="prompt file, prompts separated by lines '===' (default: the shipped suite)")
+    p.add_argument("--samples-per-prompt", type=int, default=3)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--max-blocks", type=int, default=100, help="validation sequences per corpus")
+    p.add_argument("--out", help="JSON output (default MODEL_DIR/eval.json)")
+    add_sampling_arguments(p, 200)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export for production: a stock GPT-2 folder that runs wherever GPT-2 runs")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--format", choices=("gpt2",), default="gpt2")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quickstart", help="the whole job offline on this machine (~10 minutes on 2 CPU cores)")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--no-debian", action="store_true", help="do not try Debian packages for stage 2")
+    p.add_argument("--smoke", action="store_true", help="a tiny run that finishes in under a minute (for tests)")
+    p.add_argument("--smoke-source", help=argparse.SUPPRESS)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")

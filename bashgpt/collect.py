@@ -455,7 +455,7 @@ def check_syntax(scripts: list[Script], progress: bool) -> None:
     """Record each script's ``bash -n`` result (parsing only; nothing runs)."""
     def one(s):
         r = bash_parse(s.text)
-        s.bash_n_ok, s.bash_n_error = r.ok, r.error.replace("/usr/bin/bash: ", "").replace("/bin/bash: ", "")
+        s.bash_n_ok, s.bash_n_error = r.ok, r.error
 
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         list(tqdm(pool.map(one, scripts), total=len(scripts), desc="bash -n", unit="file", disable=not progress))

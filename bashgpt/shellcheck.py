@@ -46,7 +46,8 @@ def bash_parse(text: str, timeout: float = 10.0) -> ParseResult:
     except subprocess.TimeoutExpired:
         return ParseResult(False, f"bash -n took longer than {timeout:.0f}s")
     err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-    return ParseResult(proc.returncode == 0, err[0] if err else "")
+    first = err[0].split(": ", 1)[-1] if err else ""  # drop bash's own path
+    return ParseResult(proc.returncode == 0, first)
 
 
 def shellcheck_binary() -> str | None:

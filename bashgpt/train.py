@@ -223,6 +223,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         "from_checkpoint": str(ckpt_path) if ckpt_path else None,
     }
     advice = Advice(ledger, run.say)
+    lineage = training_lineage(opts, ckpt_path)
 
     def save_best(model_to_save, state):
         loss = advice.eval_losses[-1] if advice.eval_losses else None
@@ -230,6 +231,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                     train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
         save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info))
         (best_dir / "bashgpt_best.json").write_text(json.dumps({"step": state.global_step, "eval_loss": loss}))
+        (best_dir / "bashgpt_training.json").write_text(json.dumps(lineage, indent=2) + "\n")
         run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}")
 
     best_loss = math.inf
@@ -257,6 +259,23 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     for line in closing_lines(opts.stage, preset, advice.eval_losses, summary):
         run.say(line)
     return summary
+
+
+def training_lineage(opts: TrainOptions, ckpt_path: Path | None) -> dict:
+    """What this model was trained on, and what its starting checkpoint was trained on (for bashgpt eval)."""
+    parent = None
+    if ckpt_path is not None and ckpt_path.is_dir() and (ckpt_path / "bashgpt_training.json").is_file():
+        parent = json.loads((ckpt_path / "bashgpt_training.json").read_text())
+    return {"stage": opts.stage, "dataset": opts.dataset, "seq_len": opts.seq_len, "seed": opts.seed, "parent": parent}
+
+
+def corpus_of(lineage: dict | None, stage: str) -> str | None:
+    """The dataset a model (or its ancestors) was trained on at ``stage``."""
+    while lineage:
+        if lineage.get("stage") == stage:
+            return lineage.get("dataset")
+        lineage = lineage.get("parent")
+    return None
 
 
 def truncate_log(path: Path, step: int) -> None:

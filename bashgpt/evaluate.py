@@ -1,0 +1,165 @@
+"""Evaluate a model: held-out loss on both corpora, and the quality of the bash it writes.
+
+Quality is judged without running anything: ``bash -n`` parse rate, ShellCheck error-free
+and warning-free rates, the share of samples that end with end-of-text, and distinct n-grams
+(repetition). The same measures on real validation scripts are printed beside the model's.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .generate import SamplingOptions, generate
+from .packing import pack_dataset
+from .shellcheck import bash_parse, shellcheck, shellcheck_binary
+from .tokenization import encode_batch
+
+PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "prompts.txt"
+
+
+def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
+    prompts = [p.strip("\n") + "\n" for p in path.read_text().split("\n===\n") if p.strip()]
+    if not prompts:
+        raise UserError(f"no prompts in {path}; separate prompts with a line '==='")
+    return prompts
+
+
+@torch.inference_mode()
+def heldout_metrics(model, tokenizer, texts: list[str], seq_len: int, max_blocks: int, batch_size: int = 8) -> dict:
+    """Loss (nats/token), perplexity and bits per byte over packed blocks of ``texts``."""
+    import datasets
+
+    if not texts:
+        raise UserError("the validation split is empty; nothing to evaluate on")
+    blocks = pack_dataset(datasets.Dataset.from_dict({"text": texts}), tokenizer, seq_len)
+    blocks = blocks.select(range(min(max_blocks, len(blocks))))
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    model.eval()
+    for start in range(0, len(blocks), batch_size):
+        batch = blocks[start:start + batch_size]
+        ids = torch.tensor(batch["input_ids"], device=device)
+        labels = torch.tensor(batch["labels"], device=device)
+        mask = torch.tensor(batch["attention_mask"], device=device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                                shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total_nll += nll.item()
+        total_tokens += int((shift_labels != -100).sum())
+    loss = total_nll / max(total_tokens, 1)
+    # bytes per token of this text, from the whole texts (end-of-text tokens carry no bytes)
+    n_tokens = sum(len(ids) + 1 for ids in encode_batch(tokenizer, texts))
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    return {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 2),
+            "bits_per_byte": round(loss / math.log(2) * n_tokens / max(n_bytes, 1), 4),
+            "tokens": total_tokens}
+
+
+def distinct_n(token_lists: list[list[int]], n: int) -> float:
+    """Distinct n-grams over all n-grams in the samples (1.0 = no repetition)."""
+    grams = [tuple(toks[i:i + n]) for toks in token_lists for i in range(len(toks) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@dataclass
+class QualityReport:
+    samples: int
+    parse_rate: float
+    shellcheck_error_free: float | None
+    shellcheck_warning_free: float | None
+    eos_rate: float | None
+    distinct_2: float
+    distinct_4: float
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+
+def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None, progress: bool = False) -> QualityReport:
+    parsed, sc_error_free, sc_warning_free = 0, 0, 0
+    have_sc = shellcheck_binary() is not None
+    for text in tqdm(scripts, desc="checking", unit="script", disable=not progress):
+        parsed += bash_parse(text).ok
+        if have_sc:
+            sc = shellcheck(text)
+            sc_error_free += sc.error_free
+            sc_warning_free += sc.warning_free
+    n = max(len(scripts), 1)
+    tokens = encode_batch(tokenizer, scripts)
+    return QualityReport(
+        samples=len(scripts), parse_rate=round(parsed / n, 3),
+        shellcheck_error_free=round(sc_error_free / n, 3) if have_sc else None,
+        shellcheck_warning_free=round(sc_warning_free / n, 3) if have_sc else None,
+        eos_rate=round(sum(ended) / n, 3) if ended is not None else None,
+        distinct_2=round(distinct_n(tokens, 2), 3), distinct_4=round(distinct_n(tokens, 4), 3),
+    )
+
+
+def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: list[str] | None,
+             prompts: list[str], samples_per_prompt: int = 3, sampling: SamplingOptions | None = None,
+             seq_len: int = 256, max_blocks: int = 100, real_scripts: int = 50, seed: int = 0,
+             progress: bool = True) -> dict:
+    """Every measure in one dictionary (what ``bashgpt eval`` prints and saves)."""
+    sampling = sampling or SamplingOptions(max_new_tokens=200)
+    seq_len = min(seq_len, model.config.max_position_embeddings)
+    result = {"heldout": {}}
+    for name, texts in (("language", language_texts), ("code", code_texts)):
+        if texts:
+            result["heldout"][name] = heldout_metrics(model, tokenizer, texts, seq_len, max_blocks)
+    samples = []
+    for i, prompt in enumerate(tqdm(prompts, desc="generating", unit="prompt", disable=not progress)):
+        samples += generate(model, tokenizer, prompt, sampling, num_samples=samples_per_prompt, seed=seed + i)
+    result["model"] = script_quality([s.script for s in samples], tokenizer, [s.ended for s in samples]).as_dict()
+    if code_texts:
+        real = code_texts[:real_scripts]
+        result["real"] = script_quality(real, tokenizer, None).as_dict()
+    result["shellcheck"] = "available" if shellcheck_binary() else (
+        "not installed: pip install 'bashgpt[shellcheck]' (or apt/brew install shellcheck) for ShellCheck rates")
+    result["examples"] = [s.script for s in samples[:3]]
+    return result
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def format_table(result: dict) -> str:
+    lines = ["Held-out data         loss    perplexity  bits/byte"]
+    for name, m in result["heldout"].items():
+        lines.append(f"  {name:<18} {m['loss']:>7.3f} {m['perplexity']:>12.1f} {m['bits_per_byte']:>10.3f}")
+    lines.append("")
+    lines.append("Bash quality                 model    real scripts")
+    real = result.get("real", {})
+    for key, label in (("samples", "scripts"), ("parse_rate", "bash -n parses"),
+                       ("shellcheck_error_free", "ShellCheck error-free"),
+                       ("shellcheck_warning_free", "ShellCheck warning-free"), ("eos_rate", "ends with end-of-text"),
+                       ("distinct_2", "distinct 2-grams"), ("distinct_4", "distinct 4-grams")):
+        lines.append(f"  {label:<24} {_fmt(result['model'].get(key)):>8}    {_fmt(real.get(key)):>8}")
+    if result["shellcheck"] != "available":
+        lines.append(f"  (ShellCheck {result['shellcheck']})")
+    return "\n".join(lines)
+
+
+def card_section(result: dict) -> str:
+    return "```\n" + format_table(result) + "\n```\nFrom `bashgpt eval` (never executes generated scripts)."
+
+
+def add_to_model_card(model_dir: Path, result: dict) -> None:
+    card = model_dir / "README.md"
+    text = card.read_text() if card.is_file() else "# bashgpt model\n"
+    text = text.split("\n## Evaluation\n")[0].rstrip("\n") + "\n\n## Evaluation\n\n" + card_section(result) + "\n"
+    tmp = card.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(card)
+
+
+def save_json(path: Path, result: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)

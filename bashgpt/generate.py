@@ -1,0 +1,112 @@
+"""Generate bash with a trained model, and check it without running it."""
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, TextStreamer
+
+from .errors import UserError
+from .shellcheck import bash_parse, shellcheck
+
+
+@dataclass
+class SamplingOptions:
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 50
+    repetition_penalty: float = 1.1
+    greedy: bool = False
+
+    def generation_config(self, tokenizer) -> GenerationConfig:
+        if self.max_new_tokens <= 0:
+            raise UserError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        if not self.greedy and self.temperature <= 0:
+            raise UserError(f"--temperature must be positive (or use --greedy), got {self.temperature}")
+        common = dict(max_new_tokens=self.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, repetition_penalty=self.repetition_penalty)
+        if self.greedy:
+            return GenerationConfig(do_sample=False, **common)
+        return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                **common)
+
+
+@dataclass
+class Sample:
+    prompt: str
+    completion: str
+    ended: bool  # stopped at end of text (not at the token limit)
+
+    @property
+    def script(self) -> str:
+        return self.prompt + self.completion
+
+
+def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_samples: int = 1, seed: int | None = None,
+             stream=None) -> list[Sample]:
+    """``num_samples`` completions of ``prompt``; with ``stream`` (a file), tokens are written as they come."""
+    if not prompt:
+        raise UserError("the prompt is empty; pass --prompt TEXT or a non-empty --prompt-file")
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = sampling.generation_config(tokenizer)
+    device = next(model.parameters()).device
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+    room = model.config.max_position_embeddings - enc["input_ids"].shape[1]
+    if model.config.position_embedding_type == "learned" and room <= 0:
+        raise UserError(f"the prompt is {enc['input_ids'].shape[1]} tokens, the model's limit is "
+                        f"{model.config.max_position_embeddings}; shorten the prompt")
+    if model.config.position_embedding_type == "learned":
+        config.max_new_tokens = min(config.max_new_tokens, room)
+    samples = []
+    model.eval()
+    for _ in range(num_samples):
+        streamer = _Streamer(tokenizer, stream) if stream is not None else None
+        with torch.inference_mode():
+            out = model.generate(**enc, generation_config=config, streamer=streamer)
+        new = out[0, enc["input_ids"].shape[1]:].tolist()
+        ended = tokenizer.eos_token_id in new
+        if ended:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        samples.append(Sample(prompt, tokenizer.decode(new, skip_special_tokens=True), ended))
+    return samples
+
+
+class _Streamer(TextStreamer):
+    """Write decoded text to a file as it arrives (not only stdout)."""
+
+    def __init__(self, tokenizer, file):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.file = file
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        self.file.write(text + ("\n" if stream_end else ""))
+        self.file.flush()
+
+
+def check_report(text: str) -> list[str]:
+    """What ``bash -O extglob -n`` and ShellCheck say about ``text`` (never executed)."""
+    parsed = bash_parse(text)
+    lines = ["  bash -n: ok" if parsed.ok else f"  bash -n: FAILS: {parsed.error}"]
+    sc = shellcheck(text)
+    if not sc.available:
+        lines.append("  shellcheck: not installed (pip install 'bashgpt[shellcheck]' or your system's shellcheck)")
+    elif not sc.findings:
+        lines.append("  shellcheck: no findings")
+    else:
+        lines.append(f"  shellcheck: {sc.count('error')} errors, {sc.count('warning')} warnings, "
+                     f"{sc.count('info') + sc.count('style')} notes")
+        for f in sc.findings[:8]:
+            lines.append(f"    line {f['line']}: {f['level']} SC{f['code']}: {f['message']}")
+    return lines
+
+
+def print_samples(samples: list[Sample], check: bool, out=sys.stdout, streamed: bool = False) -> None:
+    for i, s in enumerate(samples, 1):
+        if not streamed:
+            out.write(f"----- sample {i} -----\n{s.script}\n")
+        if not s.ended:
+            out.write("  (stopped at --max-new-tokens before end of text)\n")
+        if check:
+            out.write("\n".join(check_report(s.script)) + "\n")
