@@ -56,8 +56,8 @@ MAX_LINE_LENGTH = 1000
 MAX_MEAN_LINE_LENGTH = 100
 MIN_ALNUM_FRACTION = 0.25
 
-SKIP_REASONS = ("not_shell", "binary", "non_utf8", "empty", "too_large", "symlink_loop", "symlink_outside",
-                "symlink_inside", "unreadable", "generated", "long_line", "long_mean_line", "low_alnum",
+SKIP_REASONS = ("not_shell", "binary", "non_utf8", "empty", "too_large", "symlink_loop", "symlink_broken",
+                "symlink_outside", "symlink_inside", "unreadable", "generated", "long_line", "long_mean_line", "low_alnum",
                 "exact_duplicate", "near_duplicate")
 
 
@@ -156,6 +156,8 @@ def read_candidate(cand: Candidate, max_bytes: int) -> tuple[Script | None, str 
         if path.is_symlink():
             try:
                 target = path.resolve(strict=True)
+            except FileNotFoundError:
+                return None, "symlink_broken"
             except (RuntimeError, OSError) as err:
                 return None, "symlink_loop" if "loop" in str(err).lower() or getattr(err, "errno", 0) == 40 else "unreadable"
             if not target.is_relative_to(cand.root.resolve()):

@@ -21,7 +21,7 @@ from .train_options import TrainOptions
 class QuickstartPlan:
     out: Path
     stage1_steps: int = 300
-    stage2_steps: int = 150
+    stage2_steps: int = 200
     seq_len: int = 256
     batch_size: int = 8
     debian: bool = True  # try Debian packages when apt-get is there and the network answers

@@ -155,7 +155,7 @@ def training_arguments(opts: TrainOptions, out: Path, device: str, precision, ma
         seed=opts.seed,
         data_seed=opts.seed,
         dataloader_pin_memory=device == "cuda",
-        dataloader_drop_last=True,
+        dataloader_drop_last=False,  # True would also drop a validation set smaller than one batch
         disable_tqdm=not opts.progress,
     )
 
@@ -226,7 +226,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     lineage = training_lineage(opts, ckpt_path)
 
     def save_best(model_to_save, state):
-        loss = advice.eval_losses[-1] if advice.eval_losses else None
+        loss = advice.eval_losses[-1] if advice.eval_losses else float("nan")
         info = dict(card_info, step=state.global_step, eval_loss=loss,
                     train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
         save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info))
@@ -246,6 +246,9 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                           loss_clamp=opts.loss_clamp, skip_ledger=ledger)
     trainer.train(resume_from_checkpoint=resume_from)
 
+    if run.is_main and not ledger.abort_reason and not (best_dir / "config.json").is_file():
+        run.say("warning: no finite validation loss was measured; saving the final model as best/")
+        save_best(trainer.model, trainer.state)
     if run.is_main:
         plot_training_curves(out / "log.jsonl", out / "training_curves.png",
                              f"bashgpt {preset}, stage {opts.stage}")

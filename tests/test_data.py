@@ -12,7 +12,7 @@ from bashgpt.cli import main
 from bashgpt.collect import collect, shebang_interpreter, split_train_validation
 from bashgpt.corpus import CorpusError, load_corpus, stdlib_texts
 from bashgpt.packing import pack_dataset, packed_splits, split_stats
-from bashgpt.tokenization import default_tokenizer_dir, load_tokenizer, train_tokenizer
+from bashgpt.tokenization import default_tokenizer_dir, load_tokenizer
 
 
 def real_script(i: int) -> str:
@@ -60,6 +60,7 @@ def build_source(root):
     outside.write_text(real_script(30))
     (b / "outside.sh").symlink_to(outside)  # leaves the source
     (b / "inside.sh").symlink_to(a / "scripts" / "s2.sh")  # points inside: the target is read on its own
+    (b / "dangling.sh").symlink_to(b / "gone.sh")  # broken
     (b / "secret.sh").write_text(real_script(31))  # made unreadable by the test
     (b / ".git" / "hook.sh").write_text(real_script(32))  # skipped folder
     (b / "vendor" / "dep.sh").write_text(real_script(33))  # skipped folder
@@ -85,7 +86,7 @@ def source(tmp_path, monkeypatch):
 
 
 EXPECTED_SKIPS = {"not_shell": 3, "binary": 1, "non_utf8": 1, "empty": 1, "too_large": 1, "symlink_loop": 2,
-                  "symlink_outside": 1, "symlink_inside": 1, "unreadable": 1, "generated": 2, "long_line": 1,
+                  "symlink_broken": 1, "symlink_outside": 1, "symlink_inside": 1, "unreadable": 1, "generated": 2, "long_line": 1,
                   "long_mean_line": 0, "low_alnum": 1, "exact_duplicate": 1, "near_duplicate": 1}
 
 

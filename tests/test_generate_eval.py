@@ -1,0 +1,177 @@
+"""Generation, evaluation, export, bad model folders, and the quickstart in its reduced mode."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bashgpt import BashGPTConfig, BashGPTForCausalLM
+from bashgpt.cli import main
+from bashgpt.evaluate import distinct_n, script_quality
+from bashgpt.generate import SamplingOptions, check_report, generate
+from bashgpt.modelio import load_model_and_tokenizer, save_model_folder
+from bashgpt.shellcheck import bash_parse, shellcheck, shellcheck_binary
+from bashgpt.tokenization import default_tokenizer_dir, load_tokenizer
+
+GOOD = "#!/bin/bash\nfor f in *.txt; do\n  echo \"$f\"\ndone\n"
+BAD = "#!/bin/bash\nif [ -f x ]; then\n  echo yes\n"  # missing fi
+
+
+@pytest.fixture(scope="module")
+def nano_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    tok = load_tokenizer(default_tokenizer_dir())
+    cfg = BashGPTConfig.from_preset("nano", max_position_embeddings=128, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id)
+    return save_model_folder(BashGPTForCausalLM(cfg), tok, tmp_path_factory.mktemp("m") / "best")
+
+
+def test_generate_is_deterministic_with_a_seed(nano_dir):
+    model, tok = load_model_and_tokenizer(nano_dir)
+    sampling = SamplingOptions(max_new_tokens=12)
+    a = generate(model, tok, "#!/bin/bash\n", sampling, num_samples=2, seed=5)
+    b = generate(model, tok, "#!/bin/bash\n", sampling, num_samples=2, seed=5)
+    assert [s.completion for s in a] == [s.completion for s in b]
+    assert a[0].completion != a[1].completion  # two different samples
+    greedy = generate(model, tok, "#!/bin/bash\n", SamplingOptions(max_new_tokens=12, greedy=True))
+    assert greedy[0].completion == generate(model, tok, "#!/bin/bash\n", SamplingOptions(max_new_tokens=12,
+                                                                                          greedy=True))[0].completion
+
+
+def test_generation_stops_at_end_of_text(nano_dir):
+    model, tok = load_model_and_tokenizer(nano_dir)
+    with torch.no_grad():  # make end-of-text the only likely token
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tok.eos_token_id] = 1.0
+        model.transformer.ln_f.bias.fill_(1.0)
+    sample = generate(model, tok, "echo hi\n", SamplingOptions(max_new_tokens=20, greedy=True))[0]
+    assert sample.ended and sample.completion == ""
+
+
+def test_generate_command_streams_and_checks(nano_dir, capsys):
+    assert main(["generate", str(nano_dir), "--prompt", "#!/bin/sh\n", "--max-new-tokens", "8", "--seed", "1",
+                 "--num-samples", "2", "--check", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("----- sample") == 2 and out.count("bash -n:") == 2 and out.count("shellcheck:") == 2
+
+
+def test_bash_checks_on_known_good_and_bad_scripts():
+    assert bash_parse(GOOD).ok and not bash_parse(BAD).ok
+    assert "unexpected end of file" in bash_parse(BAD).error or "syntax error" in bash_parse(BAD).error
+    assert bash_parse("shopt -s extglob\ncase $x in +([0-9])) echo n;; esac\n").ok  # extglob on
+    good, bad = check_report(GOOD), check_report(BAD)
+    assert good[0] == "  bash -n: ok" and bad[0].startswith("  bash -n: FAILS")
+    if shellcheck_binary():
+        assert shellcheck(GOOD).error_free and not shellcheck(BAD).error_free
+        assert any("SC2086" in line for line in check_report("#!/bin/bash\nrm $1\n"))
+
+
+def test_generated_scripts_are_never_executed(tmp_path):
+    marker = tmp_path / "ran"
+    script = f"#!/bin/bash\ntouch {marker}\n"
+    bash_parse(script)
+    check_report(script)
+    assert not marker.exists()
+
+
+def test_quality_metrics_on_hand_made_samples(small_tokenizer):
+    report = script_quality([GOOD, BAD, GOOD], small_tokenizer, ended=[True, False, True])
+    assert report.samples == 3 and report.parse_rate == pytest.approx(0.667, abs=1e-3)
+    assert report.eos_rate == pytest.approx(0.667, abs=1e-3)
+    if shellcheck_binary():
+        assert report.shellcheck_error_free == pytest.approx(0.667, abs=1e-3)
+    assert distinct_n([[1, 2, 3, 4]], 2) == 1.0 and distinct_n([[1, 1, 1, 1]], 2) == pytest.approx(1 / 3)
+
+
+def test_eval_command_reports_both_corpora_and_updates_the_card(nano_dir, tmp_path, capsys):
+    english = tmp_path / "english.jsonl"
+    english.write_text("".join(json.dumps({"text": f"The cat sat on mat {i}."}) + "\n" for i in range(20)))
+    code = tmp_path / "bash"
+    code.mkdir()
+    for split in ("train", "validation"):
+        (code / f"{split}.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in (GOOD, BAD)))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("#!/bin/bash\n# one\n===\n#!/bin/sh\n# two\n")
+    assert main(["eval", str(nano_dir), "--language-data", str(english), "--code-data", str(code), "--prompts",
+                 str(prompts), "--samples-per-prompt", "1", "--max-new-tokens", "8", "--max-blocks", "4",
+                 "--seq-len", "32", "--device", "cpu", "--out", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert set(result["heldout"]) == {"language", "code"}
+    assert result["heldout"]["code"]["loss"] > 5  # an untrained model
+    assert result["model"]["samples"] == 2 and result["real"]["parse_rate"] == 0.5
+    assert "## Evaluation" in (nano_dir / "README.md").read_text()
+    assert "bits/byte" in capsys.readouterr().out
+
+
+def test_export_to_stock_gpt2_matches_logits(nano_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+
+    assert main(["export", str(nano_dir), "--format", "gpt2", "--out", str(tmp_path / "gpt2")]) == 0
+    assert not list((tmp_path / "gpt2").glob("*.py"))
+    gpt2 = AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2").eval()
+    assert isinstance(gpt2, GPT2LMHeadModel)
+    model, _ = load_model_and_tokenizer(nano_dir)
+    ids = torch.randint(0, 32000, (2, 20))
+    with torch.no_grad():
+        assert (gpt2(ids).logits - model.eval()(ids).logits).abs().max() < 1e-5
+
+
+def test_export_refuses_rmsnorm_or_rope(tmp_path, capsys):
+    tok = load_tokenizer(default_tokenizer_dir())
+    cfg = BashGPTConfig.from_preset("nano", position_embedding_type="rope")
+    folder = save_model_folder(BashGPTForCausalLM(cfg), tok, tmp_path / "rope")
+    assert main(["export", str(folder), "--out", str(tmp_path / "x")]) == 2
+    assert "no stock equivalent" in capsys.readouterr().err
+
+
+def _corrupt(folder: Path, how: str) -> Path:
+    weights = folder / "model.safetensors"
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "garbage":
+        weights.write_bytes(b"\xff" * 64)
+    elif how == "no-tokenizer":
+        (folder / "tokenizer.json").unlink()
+    elif how == "other-type":
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["model_type"] = "evil"
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("how, words", [("truncated", "truncated or corrupt"), ("garbage", "truncated or corrupt"),
+                                        ("no-tokenizer", "no tokenizer"), ("other-type", "not bashgpt")])
+def test_bad_model_folders_are_one_line_errors(nano_dir, tmp_path, capsys, how, words):
+    import shutil
+
+    folder = _corrupt(Path(shutil.copytree(nano_dir, tmp_path / "m")), how)
+    assert main(["generate", str(folder), "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err and err.startswith("bashgpt: error:")
+
+
+def test_not_a_model_folder_and_empty_prompt_file(nano_dir, tmp_path, capsys):
+    assert main(["generate", str(tmp_path)]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    (tmp_path / "p.txt").write_text("  \n")
+    assert main(["generate", str(nano_dir), "--prompt-file", str(tmp_path / "p.txt")]) == 2
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
+    scripts = tmp_path / "scripts" / "proj"
+    scripts.mkdir(parents=True)
+    for i in range(40):
+        (scripts / f"s{i}.sh").write_text(f"#!/bin/bash\n# job {i}\nfor x in {' '.join(str(j * i) for j in range(8))}; "
+                                          f"do\n  echo \"item {i} $x\"\ndone\nexit {i % 2}\n")
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--smoke", "--smoke-source", str(tmp_path / "scripts"), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (Path(summary["model"]) / "model.safetensors").is_file()
+    assert all(Path(c).is_file() for c in summary["curves"])
+    result = json.loads((out / "eval.json").read_text())
+    assert set(result["heldout"]) == {"language", "code"} and result["model"]["samples"] == 2
+    printed = capsys.readouterr().out
+    assert "Next:" in printed and "bashgpt generate" in printed and "recipes/stage1.py" in printed
