@@ -270,16 +270,26 @@ def test_recipe_help_lists_the_guide_flags():
         assert flag in out.stdout
 
 
+def launcher(kind: str, tmp_path: Path) -> list[str]:
+    if kind == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+            "--mpirun_hostfile", str(hostfile)]
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_train_with_ddp(tmp_path):
-    """torchrun gives real DDP on CPU (gloo); the log must say that two processes took part."""
+@pytest.mark.parametrize("kind", ["torchrun", pytest.param("accelerate-mpi", marks=pytest.mark.skipif(
+    shutil.which("mpirun") is None, reason="accelerate's multi-CPU launch needs OpenMPI (apt-get install openmpi-bin)"))])
+def test_two_cpu_processes_train_with_ddp(tmp_path, kind):
+    """torchrun, or accelerate launch through MPI, gives real DDP on CPU; the log must say two processes took part."""
     corpus = write_corpus(tmp_path / "english", "english", n=120)
     common = ["--stage", "language", "--model-size", "nano", "--dataset", str(corpus), "--num-epochs", "1",
               "--steps-per-epoch", "4", "--learning-rate", "1e-3", "--warmup-steps", "1", "--seq-len", "32",
               "--eval-blocks", "4", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          str(ROOT / "recipes" / "stage1.py"), *common, "--batch-size", "2",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    two = subprocess.run([*launcher(kind, tmp_path), str(ROOT / "recipes" / "stage1.py"), *common, "--batch-size", "2",
                           "--output-dir", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes took part (DISTRIBUTED)" in (tmp_path / "two" / "train.log").read_text()
@@ -293,3 +303,17 @@ def test_two_cpu_processes_train_with_ddp(tmp_path):
     # Same global batch (2 x 2 vs 4 x 1), same seed: consistent loss curves (data order differs).
     assert abs(eval_loss("two") - eval_loss("one")) < 0.1 * eval_loss("one")
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_amp_checkpointing_and_accumulation_train_together(tmp_path):
+    summary = run_training(options(tmp_path, use_amp=True, use_gradient_checkpointing=True,
+                                   gradient_accumulation_steps=2, num_epochs=1))
+    assert summary["step"] == 3 and math.isfinite(summary["eval_losses"][-1])
+    assert "bf16 autocast" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_compiled_training_runs(tmp_path):
+    summary = run_training(options(tmp_path, use_compile=True, num_epochs=1))
+    assert summary["step"] == 3 and math.isfinite(summary["eval_losses"][-1])
+    assert "_orig_mod" not in "".join(load_model(summary["best"]).state_dict())
