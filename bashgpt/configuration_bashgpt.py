@@ -56,6 +56,7 @@ class BashGPTConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     tie_word_embeddings: bool = False
+    fused_lm_loss: bool = False  # training with labels: LM head + loss in chunks, logits not returned
 
     def __post_init__(self, **kwargs):
         if self.intermediate_size is None:

@@ -23,6 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 
 from .configuration_bashgpt import BashGPTConfig
+from .fused_loss import chunked_causal_lm_loss
 
 
 def make_norm(config: BashGPTConfig) -> nn.Module:
@@ -295,7 +296,11 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """``labels`` are the input ids (shifted inside the loss); -100 marks positions that never count."""
+        """``labels`` are the input ids (shifted inside the loss); -100 marks positions that never count.
+
+        With ``config.fused_lm_loss`` (bashgpt's training sets it), training with ``labels`` runs the LM
+        head and the loss fused in chunks and returns ``logits=None`` (see fused_loss.py).
+        """
         outputs = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -305,7 +310,12 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # (B, T, V)
+        hidden_states = outputs.last_hidden_state
+        fused = self.config.fused_lm_loss and self.training and torch.is_grad_enabled() and logits_to_keep == 0
+        if labels is not None and fused:
+            loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
+            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values)
+        logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (B, T, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -25,6 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from . import BashGPTConfig, BashGPTForCausalLM
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .corpus import load_corpus
+from .cpu_memory import keep_large_allocations_on_heap
 from .devices import choose_precision, resolve_device
 from .errors import UserError
 from .modelio import save_model_folder
@@ -201,6 +202,8 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                             f"positions; lower --seq-len")
         torch.manual_seed(opts.seed)
         model = BashGPTForCausalLM(config)
+    model.config.fused_lm_loss = True  # chunked LM head + loss: no full-size logits (fused_loss.py)
+    keep_large_allocations_on_heap()  # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py)
     n_params = sum(p.numel() for p in model.parameters())
     world = args.world_size
     effective_batch = opts.batch_size * opts.gradient_accumulation_steps * world

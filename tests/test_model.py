@@ -252,3 +252,45 @@ def test_remote_code_load_without_bashgpt_gives_the_same_logits(tmp_path, small_
     with torch.no_grad():
         expected = model(ids).logits
     assert torch.equal(load_file(tmp_path / "out.safetensors")["logits"], expected)
+
+
+@pytest.mark.parametrize("with_items", [False, True])
+def test_fused_lm_loss_matches_the_standard_loss_and_gradients(with_items):
+    torch.manual_seed(3)
+    model = BashGPTForCausalLM(small_config(vocab_size=300))
+    ids = torch.randint(0, 300, (2, 40))
+    labels = ids.clone()
+    labels[0, :7] = -100
+    kwargs = {"num_items_in_batch": torch.tensor(60)} if with_items else {}
+    standard = model(ids, labels=labels, **kwargs)
+    standard.loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.config.fused_lm_loss = True
+    fused = model(ids, labels=labels, **kwargs)
+    assert fused.logits is None
+    fused.loss.backward()
+    torch.testing.assert_close(fused.loss, standard.loss, rtol=1e-5, atol=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    model.eval()  # evaluation and generation still see logits
+    assert model(ids, labels=labels).logits.shape == (2, 40, 300)
+
+
+def test_fused_loss_is_the_same_for_any_chunk_size():
+    from bashgpt.fused_loss import chunked_causal_lm_loss
+
+    torch.manual_seed(4)
+    hidden = torch.randn(3, 50, 16, requires_grad=True)
+    weight = torch.randn(70, 16, requires_grad=True)
+    labels = torch.randint(0, 70, (3, 50))
+    results = []
+    for chunk in (7, 64, 1000):
+        loss = chunked_causal_lm_loss(hidden, weight, labels, chunk_size=chunk)
+        gh, gw = torch.autograd.grad(loss, (hidden, weight))
+        results.append((loss, gh, gw))
+    reference = torch.nn.functional.cross_entropy((hidden @ weight.t())[:, :-1].reshape(-1, 70), labels[:, 1:].reshape(-1))
+    for loss, gh, gw in results:
+        torch.testing.assert_close(loss, reference)
+        torch.testing.assert_close(gh, results[0][1])
+        torch.testing.assert_close(gw, results[0][2])
