@@ -101,7 +101,7 @@ def decode_step(model, token: torch.Tensor, pos: int, cache: StaticKV, linear: L
 @torch.inference_mode()
 def fast_decode(model, input_ids: torch.Tensor, max_new_tokens: int, pick, eos_token_id: int | None = None,
                 on_token=None) -> torch.Tensor:
-    """Decode with ``pick(logits) -> (B,) token ids``; stops at ``eos_token_id`` (batch 1) or the limit."""
+    """Decode with ``pick(ids_so_far, logits) -> (B,) token ids``; stops at ``eos_token_id`` (batch 1) or the limit."""
     model.eval()
     length = input_ids.shape[1] + max_new_tokens
     dtype = next(model.parameters()).dtype
@@ -110,7 +110,7 @@ def fast_decode(model, input_ids: torch.Tensor, max_new_tokens: int, pick, eos_t
     logits = prefill(model, input_ids, cache)
     out = [input_ids]
     for pos in range(input_ids.shape[1], length):
-        token = pick(logits).view(-1, 1)
+        token = pick(torch.cat(out, dim=1), logits).view(-1, 1)
         out.append(token)
         if on_token is not None:
             on_token(token)
@@ -123,4 +123,34 @@ def fast_decode(model, input_ids: torch.Tensor, max_new_tokens: int, pick, eos_t
 
 
 def fast_greedy_decode(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None):
-    return fast_decode(model, input_ids, max_new_tokens, lambda logits: logits.argmax(-1), eos_token_id)
+    return fast_decode(model, input_ids, max_new_tokens, lambda ids, logits: logits.argmax(-1), eos_token_id)
+
+
+def sampler(generation_config):
+    """``pick`` for ``fast_decode`` from a GenerationConfig: repetition penalty, temperature, top-k, top-p."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if generation_config.repetition_penalty not in (None, 1.0):
+        processors.append(RepetitionPenaltyLogitsProcessor(generation_config.repetition_penalty))
+    if not generation_config.do_sample:
+        return lambda ids, logits: processors(ids, logits.float()).argmax(-1)
+    if generation_config.temperature not in (None, 1.0):
+        processors.append(TemperatureLogitsWarper(generation_config.temperature))
+    if generation_config.top_k:
+        processors.append(TopKLogitsWarper(generation_config.top_k))
+    if generation_config.top_p not in (None, 1.0):
+        processors.append(TopPLogitsWarper(generation_config.top_p))
+
+    def pick(ids, logits):
+        scores = processors(ids, logits.float())
+        # sample on the CPU: torch.multinomial on MPS can return impossible ids (torch <= 2.13)
+        return torch.multinomial(torch.softmax(scores, dim=-1).cpu(), 1).squeeze(1).to(logits.device)
+
+    return pick

@@ -1,4 +1,8 @@
-"""Generate bash with a trained model, and check it without running it."""
+"""Generate bash with a trained model, and check it without running it.
+
+Sampling runs in bashgpt's lean decode loop (decoding.py: preallocated KV cache, packed weights on
+CPU) with Transformers' own logits processors; ``pipeline`` / ``model.generate`` work too.
+"""
 
 import sys
 from dataclasses import dataclass
@@ -6,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, TextStreamer
 
+from .decoding import fast_decode, sampler
 from .errors import UserError
 from .shellcheck import bash_parse, shellcheck
 
@@ -61,10 +66,15 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
         config.max_new_tokens = min(config.max_new_tokens, room)
     samples = []
     model.eval()
+    pick = sampler(config)
     for _ in range(num_samples):
         streamer = _Streamer(tokenizer, stream) if stream is not None else None
-        with torch.inference_mode():
-            out = model.generate(**enc, generation_config=config, streamer=streamer)
+        if streamer is not None:
+            streamer.put(enc["input_ids"].cpu())  # the prompt (skipped by the streamer)
+        out = fast_decode(model, enc["input_ids"], config.max_new_tokens, pick, tokenizer.eos_token_id,
+                          on_token=streamer.put_tensor if streamer is not None else None)
+        if streamer is not None:
+            streamer.end()
         new = out[0, enc["input_ids"].shape[1]:].tolist()
         ended = tokenizer.eos_token_id in new
         if ended:
@@ -79,6 +89,9 @@ class _Streamer(TextStreamer):
     def __init__(self, tokenizer, file):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.file = file
+
+    def put_tensor(self, token: torch.Tensor):
+        self.put(token.cpu())
 
     def on_finalized_text(self, text: str, stream_end: bool = False):
         self.file.write(text + ("\n" if stream_end else ""))

@@ -124,6 +124,14 @@ def bench_train(sizes, dtypes, reps, peaks):
     return rows
 
 
+def decode_runners(ours, twin, prompt, new_tokens, kwargs):
+    return {
+        "bashgpt": lambda: fast_greedy_decode(ours, prompt, new_tokens),  # what `bashgpt generate` runs
+        "bashgpt generate()": lambda: ours.generate(prompt, **kwargs),
+        "GPT2LMHeadModel.generate": lambda: twin.generate(prompt, **kwargs),
+    }
+
+
 def bench_decode(sizes, reps, new_tokens=128, prompt_len=32):
     rows = []
     for size in sizes:
@@ -133,13 +141,10 @@ def bench_decode(sizes, reps, new_tokens=128, prompt_len=32):
         twin = gpt2_twin(cfg).eval().to(torch.bfloat16)
         prompt = torch.randint(2, cfg.vocab_size, (1, prompt_len))
         kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        runners = {
-            "bashgpt": lambda: fast_greedy_decode(ours, prompt, new_tokens),
-            "bashgpt generate()": lambda: ours.generate(prompt, **kwargs),
-            "GPT2LMHeadModel.generate": lambda: twin.generate(prompt, **kwargs),
-        }
+        runners = decode_runners(ours, twin, prompt, new_tokens, kwargs)
         with torch.inference_mode():
-            same = torch.equal(fast_greedy_decode(ours, prompt, 16), ours.generate(prompt, **dict(kwargs, max_new_tokens=16, min_new_tokens=16)))
+            short = dict(kwargs, max_new_tokens=16, min_new_tokens=16)
+            same = torch.equal(fast_greedy_decode(ours, prompt, 16), ours.generate(prompt, **short))
             for fn in runners.values():
                 fn()
             times = {name: [] for name in runners}
