@@ -145,6 +145,20 @@ def add_sampling_arguments(p, max_new_tokens: int):
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
 
 
+def cmd_estimate(args):
+    from .estimate import estimate, fit_advice, format_estimate
+
+    for name in ("batch_size", "seq_len", "gradient_accumulation_steps"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    e = estimate(args.model_size, args.batch_size, args.seq_len, args.use_amp, args.use_gradient_checkpointing,
+                 args.gradient_accumulation_steps, device=args.device)
+    print(format_estimate(e, args.batch_size, args.seq_len, args.gradient_accumulation_steps))
+    advice = fit_advice(e)
+    if advice:
+        print(f"warning: {advice}")
+
+
 def default_cache() -> str:
     return str(Path.home() / ".cache" / "bashgpt")
 
@@ -208,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("gpt2",), default="gpt2")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("estimate", help="memory by part, whether it fits, FLOPs and time per step, before training",
+                       description="Estimate a run's memory (weights, gradients, optimizer state, activations) and "
+                                   "step time from this device's measured matmul rate.")
+    p.add_argument("--model-size", choices=["nano", "tiny", "medium", "large", "xlarge"], required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--use-amp", action="store_true")
+    p.add_argument("--use-gradient-checkpointing", action="store_true")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("quickstart", help="the whole job offline on this machine (~10 minutes on 2 CPU cores)")
     p.add_argument("--out", default="runs/quickstart")

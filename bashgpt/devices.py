@@ -86,3 +86,17 @@ def device_memory_bytes(device: str) -> int | None:
     except (ValueError, OSError, AttributeError):
         return None
     return ram // 2 if device == "mps" else ram
+
+
+def bf16_is_fast(device: str) -> bool:
+    """Whether bf16 autocast speeds training up here (CPU: native bf16 instructions; GPUs: support)."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device == "mps":
+        return mps_bf16_ok()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

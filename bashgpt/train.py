@@ -28,6 +28,7 @@ from .corpus import load_corpus
 from .cpu_memory import keep_large_allocations_on_heap
 from .devices import choose_precision, resolve_device
 from .errors import UserError
+from .estimate import estimate, fit_advice
 from .modelio import save_model_folder
 from .packing import packed_splits, split_stats
 from .report import model_card, plot_training_curves
@@ -214,6 +215,15 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     run.say(f"data {opts.dataset}: train {stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M "
             f"tokens, validation {stats['validation']['sequences']:,} / {stats['validation']['tokens'] / 1e6:.2f}M "
             f"(evaluating on {len(eval_ds)} sequences)")
+
+    if run.is_main:
+        plan = estimate(preset, opts.batch_size, opts.seq_len, opts.use_amp, opts.use_gradient_checkpointing,
+                        opts.gradient_accumulation_steps, device=device, config=config)
+        run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
+                f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
+                f"about {plan.seconds_per_step:.2f} s per step, {plan.seconds_per_step * max_steps / 3600:.2f} h in all")
+        if fit_advice(plan):
+            run.say(f"warning: {fit_advice(plan)}")
 
     ledger = SkipLedger(max_fraction=opts.max_skip_fraction, max_consecutive=opts.max_consecutive_skips)
     best_dir = out / "best"
