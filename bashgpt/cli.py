@@ -44,11 +44,16 @@ def cmd_train(args):
     run_training(options_from_args(args))
 
 
-def load_for_inference(model_dir: str, device: str):
+def load_for_inference(model_dir: str, device: str, trust_remote_code: bool = False):
     from .devices import resolve_device
-    from .modelio import load_model_and_tokenizer
+    from .modelio import load_foreign_model, load_model_and_tokenizer, read_model_type
 
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    folder = Path(model_dir)
+    model_type = read_model_type(folder)
+    if trust_remote_code and model_type not in (None, "bashgpt"):
+        model, tokenizer = load_foreign_model(folder, trust_remote_code=True)
+    else:
+        model, tokenizer = load_model_and_tokenizer(model_dir)
     return model.to(resolve_device(device)), tokenizer
 
 
@@ -74,7 +79,7 @@ def cmd_generate(args):
         prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
-    model, tokenizer = load_for_inference(args.model_dir, args.device)
+    model, tokenizer = load_for_inference(args.model_dir, args.device, args.trust_remote_code)
     sampling = sampling_from(args)
     for i in range(args.num_samples):
         print(f"----- sample {i + 1} -----\n{prompt}", end="", flush=True)
@@ -92,14 +97,14 @@ def cmd_eval(args):
     from .modelio import check_model_folder
     from .train import corpus_of
 
-    model_dir = check_model_folder(args.model_dir)
+    model_dir = Path(args.model_dir) if args.trust_remote_code else check_model_folder(args.model_dir)
     lineage_file = model_dir / "bashgpt_training.json"
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
     language = args.language_data or corpus_of(lineage, "language")
     code = args.code_data or corpus_of(lineage, "code")
     if not language and not code:
         raise UserError("cannot tell what data this model was trained on; pass --language-data and/or --code-data")
-    model, tokenizer = load_for_inference(str(model_dir), args.device)
+    model, tokenizer = load_for_inference(str(model_dir), args.device, args.trust_remote_code)
     texts = {name: list(load_corpus(src)["validation"]["text"]) if src else None
              for name, src in (("language", language), ("code", code))}
     prompts = load_prompts(Path(args.prompts)) if args.prompts else load_prompts()
@@ -143,6 +148,8 @@ def add_sampling_arguments(p, max_new_tokens: int):
     p.add_argument("--repetition-penalty", type=float, default=1.1)
     p.add_argument("--seed", type=int, default=None if max_new_tokens == 256 else 0, help="seed for sampling")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a folder of another model type to run its own Python code (only for folders you trust)")
 
 
 def cmd_estimate(args):
@@ -268,11 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars; bashgpt shows its own progress
+    hf_logging.set_verbosity_error()
     try:
         args.func(args)
     except UserError as err:
         print(f"bashgpt: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print("bashgpt: interrupted", file=sys.stderr)
         return 130

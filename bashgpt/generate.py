@@ -58,14 +58,17 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
     config = sampling.generation_config(tokenizer)
     device = next(model.parameters()).device
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
-    room = model.config.max_position_embeddings - enc["input_ids"].shape[1]
-    if model.config.position_embedding_type == "learned" and room <= 0:
+    room = getattr(model.config, "max_position_embeddings", 10**9) - enc["input_ids"].shape[1]
+    learned = getattr(model.config, "position_embedding_type", "learned") == "learned"
+    if learned and room <= 0:
         raise UserError(f"the prompt is {enc['input_ids'].shape[1]} tokens, the model's limit is "
                         f"{model.config.max_position_embeddings}; shorten the prompt")
-    if model.config.position_embedding_type == "learned":
+    if learned:
         config.max_new_tokens = min(config.max_new_tokens, room)
-    samples = []
     model.eval()
+    if model.config.model_type != "bashgpt":  # another model type (--trust-remote-code): its own generate()
+        return [_generic_sample(model, tokenizer, prompt, enc, config, stream) for _ in range(num_samples)]
+    samples = []
     pick = sampler(config)
     for _ in range(num_samples):
         streamer = _Streamer(tokenizer, stream) if stream is not None else None
@@ -81,6 +84,17 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
             new = new[: new.index(tokenizer.eos_token_id)]
         samples.append(Sample(prompt, tokenizer.decode(new, skip_special_tokens=True), ended))
     return samples
+
+
+def _generic_sample(model, tokenizer, prompt, enc, config, stream) -> "Sample":
+    streamer = _Streamer(tokenizer, stream) if stream is not None else None
+    with torch.inference_mode():
+        out = model.generate(**enc, generation_config=config, streamer=streamer)
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    ended = tokenizer.eos_token_id in new
+    if ended:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    return Sample(prompt, tokenizer.decode(new, skip_special_tokens=True), ended)
 
 
 class _Streamer(TextStreamer):

@@ -15,6 +15,13 @@ from .errors import UserError
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
+def recover_dir(dest: Path) -> None:
+    """Finish an interrupted ``atomic_replace_dir``: bring back the old folder if the new one never arrived."""
+    old = dest.with_name(dest.name + ".old")
+    if old.is_dir() and not dest.exists():
+        os.replace(old, dest)
+
+
 def atomic_replace_dir(tmp: Path, dest: Path) -> None:
     """Move the finished folder ``tmp`` to ``dest``, replacing any old one with no moment without a folder."""
     old = dest.with_name(dest.name + ".old")
@@ -29,6 +36,7 @@ def save_model_folder(model, tokenizer, dest: str | Path, card: str | None = Non
     """Write a loadable model folder at ``dest`` atomically."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(dest)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
@@ -43,9 +51,32 @@ def save_model_folder(model, tokenizer, dest: str | Path, card: str | None = Non
     return dest
 
 
+def read_model_type(path: Path):
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_foreign_model(path: str | Path, trust_remote_code: bool):
+    """Another model type through the Auto classes; its custom code runs only when the user allowed it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"cannot load {path}: {first}") from None
+    return model, tokenizer
+
+
 def check_model_folder(path: str | Path) -> Path:
     """Raise a clear error unless ``path`` is a bashgpt model folder with safetensors weights."""
     path = Path(path).expanduser()
+    recover_dir(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a folder; pass a model folder (e.g. OUTPUT/best)")
     if not (path / "config.json").is_file():
@@ -56,9 +87,11 @@ def check_model_folder(path: str | Path) -> Path:
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
     except json.JSONDecodeError:
         raise UserError(f"{path / 'config.json'} is not valid JSON; the folder is damaged") from None
+    if model_type is None:
+        raise UserError(f"{path / 'config.json'} has no model_type; this is not a bashgpt model folder")
     if model_type != "bashgpt":
-        raise UserError(f"{path} holds a {model_type!r} model, not bashgpt; custom code in it is never run "
-                        f"(pass --trust-remote-code only for folders you trust)")
+        raise UserError(f"{path} holds a {model_type!r} model, not bashgpt; bashgpt never runs custom code from a "
+                        f"model folder unless you pass --trust-remote-code (generate, eval), and only for folders you trust")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         found = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
         hint = f" (found {found[0]}: bashgpt loads only safetensors)" if found else ""
@@ -90,8 +123,8 @@ def load_model_and_tokenizer(path: str | Path, dtype=None):
         raise UserError(f"{path} has no tokenizer (tokenizer.json); copy the tokenizer the model was trained with "
                         f"into it, e.g. cp tokenizer/tokenizer*.json {path}/")
     tokenizer = load_tokenizer(path)
-    model = load_model(path, dtype=dtype)
-    if len(tokenizer) > model.config.vocab_size:
-        raise UserError(f"the tokenizer in {path} has {len(tokenizer)} tokens but the model only {model.config.vocab_size}; "
-                        f"they do not belong together")
-    return model, tokenizer
+    vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise UserError(f"the tokenizer in {path} has {len(tokenizer)} tokens but the model only {vocab}; "
+                        f"they do not belong together: use the tokenizer the model was trained with")
+    return load_model(path, dtype=dtype), tokenizer

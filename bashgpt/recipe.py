@@ -16,5 +16,5 @@ def main(stage: str, doc: str | None = None, argv: list[str] | None = None) -> i
         run_training(options_from_args(args))
     except UserError as err:
         print(f"bashgpt: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     return 0

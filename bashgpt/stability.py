@@ -79,7 +79,8 @@ def gradients_finite(model) -> bool:
 
 
 class SafeTrainer(Trainer):
-    """``Trainer`` that clamps the loss and skips updates with non-finite loss or gradients."""
+    """``Trainer`` that clamps the loss, skips updates with non-finite loss or gradients, and writes
+    checkpoints atomically (run_safety.py)."""
 
     def __init__(self, *args, loss_clamp: float | None = None, skip_ledger: SkipLedger | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -87,6 +88,11 @@ class SafeTrainer(Trainer):
         self.skip_ledger = skip_ledger or SkipLedger()
         self.window_bad = False
         self.add_callback(_SkipNonFiniteUpdate(self))
+
+    def _save_checkpoint(self, model, trial):
+        from .run_safety import atomic_checkpoint_save
+
+        atomic_checkpoint_save(self, super()._save_checkpoint, model, trial)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

@@ -32,6 +32,7 @@ from .estimate import estimate, fit_advice
 from .modelio import save_model_folder
 from .packing import packed_splits, split_stats
 from .report import model_card, plot_training_curves
+from .run_safety import OOM_ADVICE, GracefulStop, Interrupted, describe_os_error, is_out_of_memory, recover_staging
 from .stability import NAN_ADVICE, SafeTrainer, SkipLedger
 from .tokenization import default_tokenizer_dir, load_tokenizer
 from .train_options import LOSS_TARGETS, TrainOptions
@@ -96,6 +97,7 @@ def prepare_output_dir(opts: TrainOptions) -> tuple[Path, str | None]:
     record = out / "run.json"
     mine = {k: v for k, v in dataclasses.asdict(opts).items() if k not in RESUME_MUTABLE}
     if opts.resume:
+        recover_staging(out / "checkpoints")
         last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
         if last is None:
             raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
@@ -113,7 +115,13 @@ def prepare_output_dir(opts: TrainOptions) -> tuple[Path, str | None]:
         for name in ("checkpoints", "best", "log.jsonl", "train.log", "training_curves.png", "run.json", "runs"):
             p = out / name
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{describe_os_error(err, str(out))}; pick a writable --output-dir") from None
     return out, None
 
 
@@ -254,10 +262,11 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     callbacks = [EpochBoundary(opts.steps_per_epoch, opts.num_epochs, run.say),
                  JsonlLog(out / "log.jsonl", tokens_per_step, opts.steps_per_epoch, device, ledger, run.is_main), advice,
                  BestModelSaver(save_best, run.is_main, best_loss), *extra_callbacks]
+    stopper = GracefulStop(run.say)
     trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
-                          data_collator=default_data_collator, processing_class=tokenizer, callbacks=callbacks,
-                          loss_clamp=opts.loss_clamp, skip_ledger=ledger)
-    trainer.train(resume_from_checkpoint=resume_from)
+                          data_collator=default_data_collator, processing_class=tokenizer,
+                          callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger)
+    train_guarded(trainer, stopper, resume_from, out)
 
     if run.is_main and not ledger.abort_reason and not (best_dir / "config.json").is_file():
         run.say("warning: no finite validation loss was measured; saving the final model as best/")
@@ -269,6 +278,10 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                "max_steps": max_steps, "skipped_steps": ledger.skipped_total, "world_size": world,
                "eval_losses": advice.eval_losses, "train_loss": advice.train_losses[-1] if advice.train_losses else None,
                "curves": str(out / "training_curves.png")}
+    if stopper.signal_name:
+        last = get_last_checkpoint(str(out / "checkpoints"))
+        raise Interrupted(f"stopped by {stopper.signal_name} at step {trainer.state.global_step}; a resumable "
+                          f"checkpoint is in {last}; continue with: {resume_command()}", stopper.exit_code())
     if ledger.abort_reason:
         raise UserError(f"training stopped: {ledger.abort_reason}. {NAN_ADVICE}. "
                         f"The last good model is in {best_dir}; checkpoints in {out / 'checkpoints'}")
@@ -292,6 +305,36 @@ def corpus_of(lineage: dict | None, stage: str) -> str | None:
             return lineage.get("dataset")
         lineage = lineage.get("parent")
     return None
+
+
+def train_guarded(trainer, stopper: GracefulStop, resume_from: str | None, out: Path) -> None:
+    """``trainer.train`` with signals handled and disk/memory failures turned into one clear line."""
+    stopper.install()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped at once by a second Ctrl-C; the last complete checkpoint is "
+                          f"{last_checkpoint_text(out)}; continue with: {resume_command()}", 130) from None
+    except OSError as err:
+        raise UserError(f"{describe_os_error(err, str(out))}; free space or pick another --output-dir; the last "
+                        f"good checkpoint is {last_checkpoint_text(out)}") from None
+    except Exception as err:
+        if is_out_of_memory(err):
+            raise UserError(OOM_ADVICE) from None
+        raise
+    finally:
+        stopper.uninstall()
+
+
+def last_checkpoint_text(out: Path) -> str:
+    folder = out / "checkpoints"
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return last or "none yet (start again without --resume)"
+
+
+def resume_command() -> str:
+    argv = [a for a in sys.argv if a != "--overwrite"]
+    return " ".join(argv + ([] if "--resume" in argv else ["--resume"]))
 
 
 def truncate_log(path: Path, step: int) -> None:

@@ -1,0 +1,287 @@
+"""Reliability and security: interrupted runs, full disks, exhausted memory, hostile files."""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import Poison, assert_same, options, write_corpus
+
+from bashgpt import BashGPTConfig, BashGPTForCausalLM
+from bashgpt.cli import main
+from bashgpt.collect import collect
+from bashgpt.errors import UserError
+from bashgpt.modelio import load_model, save_model_folder
+from bashgpt.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.train import run_training
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def recipe_args(tmp_path: Path, out: str, steps: int = 12) -> list[str]:
+    corpus = tmp_path / "english"
+    if not corpus.exists():
+        write_corpus(corpus, "english", n=120)
+    return [str(ROOT / "recipes" / "stage1.py"), "--model-size", "nano", "--dataset", str(corpus), "--num-epochs", "1",
+            "--steps-per-epoch", str(steps), "--eval-steps", "1", "--learning-rate", "1e-3", "--warmup-steps", "2",
+            "--seq-len", "32", "--batch-size", "2", "--eval-blocks", "2", "--device", "cpu", "--seed", "3",
+            "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / out), "--no-progress"]
+
+
+def final_weights(run: Path, step: int) -> dict:
+    return load_file(run / "checkpoints" / f"checkpoint-{step}" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_reaches_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = subprocess.run([sys.executable, *recipe_args(tmp_path, "straight")], env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    rng = random.Random(0)
+    run = tmp_path / "killed"
+    kills, during_save = 0, 0
+    for attempt in range(12):
+        resume = ["--resume"] if (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("checkpoint-*")) else []
+        if not resume and run.exists():
+            resume = ["--overwrite"]
+        proc = subprocess.Popen([sys.executable, *recipe_args(tmp_path, "killed"), *resume], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if attempt % 2 == 0:  # kill while a checkpoint is being written
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline:
+                staging = run / "checkpoints" / ".staging"
+                if staging.is_dir() and any(staging.iterdir()):
+                    proc.kill()
+                    during_save += 1
+                    break
+                time.sleep(0.002)
+        else:  # kill at a random moment
+            time.sleep(rng.uniform(2.0, 8.0))
+            if proc.poll() is None:
+                proc.kill()
+        proc.wait()
+        if proc.returncode == 0:
+            break
+        kills += 1
+    else:
+        final = subprocess.run([sys.executable, *recipe_args(tmp_path, "killed"), "--resume"], env=env,
+                               capture_output=True, text=True, timeout=600)
+        assert final.returncode == 0, final.stderr[-2000:]
+    assert kills >= 3 and during_save >= 1
+    a, b = final_weights(tmp_path / "straight", 12), final_weights(run, 12)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_model(run / "best")  # the best model folder survived too
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_within_seconds(tmp_path):
+    proc = subprocess.Popen([sys.executable, *recipe_args(tmp_path, "run", steps=400)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.is_file() and log.read_text().count("\n") >= 3):
+        time.sleep(0.1)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 20
+    assert proc.returncode == 143
+    line = [ln for ln in err.splitlines() if ln.startswith("bashgpt: error:")][-1]
+    assert "SIGTERM" in line and "--resume" in line and "checkpoint-" in line
+    checkpoint = Path(line.split("checkpoint is in ")[1].split(";")[0])
+    assert (checkpoint / "optimizer.pt").is_file() and (checkpoint / "model.safetensors").is_file()
+    # (resuming from it is what the kill -9 test above does)
+
+
+def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    real = Trainer._save_optimizer_and_scheduler
+    calls = {"n": 0}
+
+    def failing(self, output_dir):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", failing)
+    with pytest.raises(UserError) as err:
+        run_training(options(tmp_path, num_epochs=3, eval_steps=2))
+    message = str(err.value)
+    assert "no space left" in message and "checkpoint-2" in message and "\n" not in message
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2"]
+    assert load_model(checkpoints / "checkpoint-2")
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", real)
+    assert run_training(options(tmp_path, num_epochs=3, eval_steps=2, resume=True))["step"] == 9
+
+
+def test_unwritable_output_folder_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="writable --output-dir"):
+        run_training(options(tmp_path, output_dir=str(blocker / "run")))
+
+
+def test_out_of_memory_names_the_flags_that_help(tmp_path, monkeypatch):
+    def explode(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    from bashgpt.modeling_bashgpt import BashGPTModel
+
+    monkeypatch.setattr(BashGPTModel, "forward", explode)  # the inner stack: Trainer reads the outer signature
+    with pytest.raises(UserError) as err:
+        run_training(options(tmp_path))
+    for flag in ("--batch-size", "--use-gradient-checkpointing", "--seq-len", "--model-size"):
+        assert flag in str(err.value)
+
+
+def test_nan_in_consecutive_accumulation_windows_skips_both(tmp_path):
+    poison = Poison(steps=[3, 4], where="loss", micro=1)
+    summary = run_training(options(tmp_path, gradient_accumulation_steps=2, max_consecutive_skips=3),
+                           extra_callbacks=[poison])
+    assert summary["skipped_steps"] == 2 and summary["step"] == 6
+    assert_same(poison.before[3], poison.after[3])
+    assert_same(poison.before[4], poison.after[4])
+
+
+def test_interrupted_best_save_is_recovered(tmp_path):
+    tok = load_tokenizer(default_tokenizer_dir())
+    model = BashGPTForCausalLM(BashGPTConfig.from_preset("nano", max_position_embeddings=64))
+    best = save_model_folder(model, tok, tmp_path / "best")
+    os.replace(best, tmp_path / "best.old")  # as if killed between the two renames
+    assert load_model(tmp_path / "best")
+
+
+# ----------------------------------------------------------------------------- hostile corpus files
+
+def test_hundred_megabyte_file_is_skipped_without_reading_it(tmp_path):
+    import resource
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "huge.sh", "wb") as f:
+        f.write(b"#!/bin/sh\n" + b"echo filler line\n" * 600)
+        f.seek(100 * 2**20)
+        f.write(b"\n")
+    (src / "ok.sh").write_text("#!/bin/sh\necho fine, a real script here\nexit 0\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    manifest = collect([str(src)], tmp_path / "out", progress=False)
+    assert manifest["skipped"]["too_large"] == 1 and manifest["kept"] == 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KB: never read into memory
+
+
+@pytest.mark.slow
+def test_hundred_thousand_files_in_bounded_memory_with_progress(tmp_path):
+    src = tmp_path / "many"
+    for d in range(100):
+        folder = src / f"d{d}"
+        folder.mkdir(parents=True)
+        for i in range(1000):
+            (folder / f"f{i}.txt").write_text("x")
+    (src / "d0" / "real.sh").write_text("#!/bin/bash\nfor f in *; do echo \"$f\"; done\n")
+    code = f"""
+import resource, sys
+from bashgpt.collect import collect
+m = collect([{str(src)!r}], {str(tmp_path / 'out')!r})
+print(m["files_seen"], m["kept"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen, kept, peak_kb = map(int, proc.stdout.split())
+    assert seen == 100_001 and kept == 1
+    assert peak_kb < 1_500_000  # about 1.5 GB at most: file names are listed, contents are not kept
+    assert "scanning" in proc.stderr and "100001/100001" in proc.stderr  # progress bar with a total
+
+
+# ----------------------------------------------------------------------------- hostile model folders
+
+@pytest.fixture
+def model_dir(tmp_path):
+    tok = load_tokenizer(default_tokenizer_dir())
+    cfg = BashGPTConfig.from_preset("nano", max_position_embeddings=64)
+    return save_model_folder(BashGPTForCausalLM(cfg), tok, tmp_path / "m")
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bashgpt: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c: c.pop("model_type"), "no model_type"),
+    (lambda c: c.update(model_type="llama"), "'llama'"),
+])
+def test_config_with_a_wrong_or_missing_model_type(model_dir, capsys, edit, words):
+    cfg = json.loads((model_dir / "config.json").read_text())
+    edit(cfg)
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    assert words in one_line_error(capsys, ["generate", str(model_dir), "--max-new-tokens", "2"])
+
+
+def test_tokenizer_that_does_not_match_the_model(model_dir, capsys, small_tokenizer):
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["vocab_size"] = 100  # smaller than the tokenizer
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    err = one_line_error(capsys, ["generate", str(model_dir), "--max-new-tokens", "2"])
+    assert "tokenizer" in err and "100" in err
+
+
+EVIL_CODE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("custom code ran")
+from transformers import PreTrainedConfig
+class EvilConfig(PreTrainedConfig):
+    model_type = "evil"
+"""
+
+
+def test_custom_code_of_another_model_type_is_never_run_without_the_flag(tmp_path, capsys):
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    (folder / "configuration_evil.py").write_text(EVIL_CODE.format(marker=str(marker)))
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig",
+                                           "AutoModelForCausalLM": "configuration_evil.EvilConfig"}}))
+    (folder / "model.safetensors").write_bytes(b"")
+    for argv in (["generate", str(folder)], ["eval", str(folder), "--code-data", str(tmp_path)],
+                 ["export", str(folder), "--out", str(tmp_path / "x")]):
+        err = one_line_error(capsys, argv)
+        assert "'evil'" in err and "--trust-remote-code" in err
+    assert not marker.exists()
+
+
+def test_no_pickle_is_loaded_from_untrusted_files():
+    """Every torch.load in bashgpt is weights-only, every numpy load refuses pickles."""
+    for path in (ROOT / "bashgpt").glob("*.py"):
+        text = path.read_text()
+        for line in text.splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path.name}: {line.strip()}"
+            if "np.load(" in line:
+                assert "allow_pickle=False" in line, f"{path.name}: {line.strip()}"
+            assert "pickle.load" not in line and "import pickle" not in line, f"{path.name}: {line.strip()}"
+
+
+def test_generated_text_is_never_executed_by_generate_check(model_dir, tmp_path, capsys, monkeypatch):
+    """--check hands the sample to `bash -n` and ShellCheck only: a script that would create a file does not."""
+    marker = tmp_path / "created-by-script"
+    prompt = tmp_path / "prompt.sh"
+    prompt.write_text(f"#!/bin/bash\ntouch {marker}\n")
+    assert main(["generate", str(model_dir), "--prompt-file", str(prompt), "--max-new-tokens", "2", "--check",
+                 "--device", "cpu"]) == 0
+    assert "bash -n" in capsys.readouterr().out
+    assert not marker.exists()
