@@ -173,7 +173,9 @@ def default_cache() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from .tokenization import default_tokenizer_dir
 
-    parser = argparse.ArgumentParser(prog="bashgpt", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bashgpt", description="Train your own GPT-style model that writes bash. New here? Run: bashgpt quickstart",
+        epilog="Each command has its own --help.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("collect", help="build the stage-2 bash corpus from folders, Debian packages, this machine or the Hub",

@@ -14,23 +14,8 @@ import sys
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-GLIBC_DEFAULT_MMAP_MAX = 65536
 
 _applied = False
-
-
-def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-def set_mmap_for_large_allocations(enabled: bool) -> bool:
-    """Switch glibc's use of mmap for large blocks (for side-by-side benchmarks); True when accepted."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return _libc().mallopt(M_MMAP_MAX, GLIBC_DEFAULT_MMAP_MAX if enabled else 0) == 1
-    except (OSError, AttributeError):
-        return False
 
 
 def keep_large_allocations_on_heap() -> bool:
@@ -41,7 +26,7 @@ def keep_large_allocations_on_heap() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = _libc()
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**30) == 1
     except (OSError, AttributeError):
         return False

@@ -87,19 +87,6 @@ def train_step_fn(model, dtype, batch, seq):
     return step
 
 
-def with_default_allocator(step):
-    from bashgpt.cpu_memory import set_mmap_for_large_allocations
-
-    def run():
-        set_mmap_for_large_allocations(True)
-        try:
-            step()
-        finally:
-            set_mmap_for_large_allocations(False)
-
-    return run
-
-
 def bench_train(sizes, dtypes, reps, peaks):
     rows = []
     for size in sizes:
@@ -109,13 +96,8 @@ def bench_train(sizes, dtypes, reps, peaks):
             torch.manual_seed(0)
             ours = BashGPTForCausalLM(cfg)
             ours.config.fused_lm_loss = True  # as bashgpt's training runs it
-            twin = gpt2_twin(cfg)
-            models = {"bashgpt": ours, "GPT2LMHeadModel": twin}
+            models = {"bashgpt": ours, "GPT2LMHeadModel": gpt2_twin(cfg)}
             steps = {name: train_step_fn(m.train(), dtype, batch, seq) for name, m in models.items()}
-            # transformers as it runs by default: glibc maps large buffers fresh on every step
-            steps["GPT2LMHeadModel"] = with_default_allocator(steps["GPT2LMHeadModel"])
-            # and with bashgpt's allocator setting, to separate that gain from the model's own
-            steps["GPT2LMHeadModel, heap reuse"] = train_step_fn(gpt2_twin(cfg).train(), dtype, batch, seq)
             for fn in steps.values():  # warm-up
                 fn()
                 fn()
@@ -131,14 +113,12 @@ def bench_train(sizes, dtypes, reps, peaks):
                 tps = [batch * seq / t for t in ts]
                 result[name] = {"tokens_per_s": median_minmax(tps),
                                 "mfu": statistics.median(tps) * flops_token / (peaks[dtype] * 1e9)}
-            ours_tps = result["bashgpt"]["tokens_per_s"]["median"]
-            result["ratio"] = ours_tps / result["GPT2LMHeadModel"]["tokens_per_s"]["median"]
-            result["ratio_same_allocator"] = ours_tps / result["GPT2LMHeadModel, heap reuse"]["tokens_per_s"]["median"]
+            result["ratio"] = (result["bashgpt"]["tokens_per_s"]["median"]
+                               / result["GPT2LMHeadModel"]["tokens_per_s"]["median"])
             rows.append(result)
-            print(f"train {size} {dtype} B{batch}xT{seq}: bashgpt {ours_tps:.0f} tok/s (MFU {result['bashgpt']['mfu']:.0%}), "
-                  f"GPT2 {result['GPT2LMHeadModel']['tokens_per_s']['median']:.0f} tok/s (ratio {result['ratio']:.2f}x), "
-                  f"GPT2 with heap reuse {result['GPT2LMHeadModel, heap reuse']['tokens_per_s']['median']:.0f} tok/s "
-                  f"(ratio {result['ratio_same_allocator']:.2f}x)", flush=True)
+            print(f"train {size} {dtype} B{batch}xT{seq}: bashgpt {result['bashgpt']['tokens_per_s']['median']:.0f} "
+                  f"tok/s (MFU {result['bashgpt']['mfu']:.0%}), GPT2 {result['GPT2LMHeadModel']['tokens_per_s']['median']:.0f}"
+                  f" tok/s (MFU {result['GPT2LMHeadModel']['mfu']:.0%}), ratio {result['ratio']:.2f}x", flush=True)
             del models, steps
             gc.collect()
     return rows
@@ -228,23 +208,20 @@ def write_markdown(results, path):
              "(min-max in brackets).", ""]
     if "peak" in results:
         p = results["peak"]
+        lines += ["Large-buffer heap reuse (bashgpt/cpu_memory.py, what bashgpt's training sets): "
+                  + ("off (--no-heap): both models as plain PyTorch runs them." if results.get("no_heap")
+                     else "on for the whole process, so GPT2LMHeadModel benefits from it too."), ""]
         lines += [f"Measured peaks: matmul fp32 {p['fp32']:.0f} GFLOP/s, bf16 {p['bf16']:.0f} GFLOP/s; "
                   f"read bandwidth {p['bandwidth_GBps']['median']:.1f} GB/s.", ""]
     if results.get("train"):
         lines += ["## Training (forward + backward + fused AdamW)", "",
-                  "GPT2LMHeadModel runs as transformers runs it (glibc maps large buffers afresh each step); the "
-                  "last columns give it bashgpt's allocator setting too, which separates that gain from the model's.", "",
-                  "| size | dtype | batch | bashgpt tok/s | MFU | GPT2LMHeadModel tok/s | MFU | ratio | GPT2, heap reuse | ratio |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| size | dtype | batch | bashgpt tok/s | MFU | GPT2LMHeadModel tok/s | MFU | ratio |", "|---|---|---|---|---|---|---|---|"]
         for r in results["train"]:
-            a, b, c = r["bashgpt"], r["GPT2LMHeadModel"], r["GPT2LMHeadModel, heap reuse"]
-
-            def cell(x):
-                t = x["tokens_per_s"]
-                return f"{t['median']:.0f} [{t['min']:.0f}-{t['max']:.0f}]"
-
-            lines.append(f"| {r['size']} | {r['dtype']} | {r['batch']}x{r['seq']} | {cell(a)} | {a['mfu']:.0%} | "
-                         f"{cell(b)} | {b['mfu']:.0%} | {r['ratio']:.2f}x | {cell(c)} | {r['ratio_same_allocator']:.2f}x |")
+            a, b = r["bashgpt"], r["GPT2LMHeadModel"]
+            lines.append(f"| {r['size']} | {r['dtype']} | {r['batch']}x{r['seq']} | {a['tokens_per_s']['median']:.0f} "
+                         f"[{a['tokens_per_s']['min']:.0f}-{a['tokens_per_s']['max']:.0f}] | {a['mfu']:.0%} | "
+                         f"{b['tokens_per_s']['median']:.0f} [{b['tokens_per_s']['min']:.0f}-{b['tokens_per_s']['max']:.0f}]"
+                         f" | {b['mfu']:.0%} | {r['ratio']:.2f}x |")
         lines.append("")
     if results.get("decode"):
         lines += ["## Decoding (batch 1, greedy, 128 new tokens, bf16 weights)", "",
@@ -272,13 +249,14 @@ def main():
     parser.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--no-heap", action="store_true", help="leave glibc's malloc settings alone")
+    parser.add_argument("--no-heap", action="store_true",
+                        help="leave glibc's malloc settings alone (both models then run as plain PyTorch runs)")
     args = parser.parse_args()
     if not args.no_heap:
         from bashgpt.cpu_memory import keep_large_allocations_on_heap
 
         keep_large_allocations_on_heap()  # what bashgpt's training does; both models benefit
-    results = {"argv": sys.argv[1:], "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    results = {"no_heap": args.no_heap, "argv": sys.argv[1:], "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "torch": torch.__version__, "threads": torch.get_num_threads(), "reps": args.reps}
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     results["peak"] = dict(peaks, bandwidth_GBps=median_minmax(read_bandwidth()))
