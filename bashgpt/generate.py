@@ -78,11 +78,7 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
                           on_token=streamer.put_tensor if streamer is not None else None)
         if streamer is not None:
             streamer.end()
-        new = out[0, enc["input_ids"].shape[1]:].tolist()
-        ended = tokenizer.eos_token_id in new
-        if ended:
-            new = new[: new.index(tokenizer.eos_token_id)]
-        samples.append(Sample(prompt, tokenizer.decode(new, skip_special_tokens=True), ended))
+        samples.append(to_sample(prompt, out[0, enc["input_ids"].shape[1]:].tolist(), tokenizer))
     return samples
 
 
@@ -90,11 +86,15 @@ def _generic_sample(model, tokenizer, prompt, enc, config, stream) -> "Sample":
     streamer = _Streamer(tokenizer, stream) if stream is not None else None
     with torch.inference_mode():
         out = model.generate(**enc, generation_config=config, streamer=streamer)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
-    ended = tokenizer.eos_token_id in new
+    return to_sample(prompt, out[0, enc["input_ids"].shape[1]:].tolist(), tokenizer)
+
+
+def to_sample(prompt: str, new_ids: list[int], tokenizer) -> "Sample":
+    """The completion up to (not including) end of text, and whether it got there."""
+    ended = tokenizer.eos_token_id in new_ids
     if ended:
-        new = new[: new.index(tokenizer.eos_token_id)]
-    return Sample(prompt, tokenizer.decode(new, skip_special_tokens=True), ended)
+        new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
+    return Sample(prompt, tokenizer.decode(new_ids, skip_special_tokens=True), ended)
 
 
 class _Streamer(TextStreamer):
