@@ -282,3 +282,12 @@ def test_data_stats_command(tmp_path, capsys):
                  "--cache", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     assert "sequences" in out and "train" in out and "validation" in out
+
+
+def test_collect_from_the_hub_offline_is_one_line(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["collect", "hub:someone/bash-scripts:content", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "someone/bash-scripts" in err and "\n" not in err

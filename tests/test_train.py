@@ -341,3 +341,22 @@ def test_estimate_command(capsys):
     for word in ("weights", "gradients", "optimizer", "activations", "total", "fits", "TFLOP", "per step"):
         assert word in out
     assert main(["estimate", "--model-size", "nano", "--batch-size", "0"]) == 2
+
+
+def test_advice_says_the_guides_warning_signs_plainly():
+    from bashgpt.stability import SkipLedger
+    from bashgpt.training_callbacks import Advice
+
+    said = []
+    ledger = SkipLedger()
+    advice = Advice(ledger, said.append)
+    advice.train_losses = [3.0] * 5
+    advice.eval_losses = [4.0]
+    advice.eval_losses.append(4.5)  # the loss rose early in the run
+    notes = advice.advise(4.5, 0.2)
+    assert any("rose" in n and "--learning-rate" in n for n in notes)
+    assert any("overfitting" in n for n in notes)  # 4.5 > 1.3 x 3.0 + 0.2
+    for step in range(20):
+        ledger.record(step % 4 == 0, step)
+    assert any("skipped for NaN/inf" in n for n in advice.advise(3.1, 0.9))
+    assert not any("warning" in n for n in Advice(SkipLedger(), said.append).advise(3.0, 0.5))
