@@ -88,8 +88,22 @@ class TrainOptions:
         return self
 
 
+def defaults_table() -> str:
+    """The per-stage, per-preset defaults, for --help."""
+    lines = ["defaults (the reference guide's commands; nano is ours):",
+             "  stage     size    batch  epochs  steps/epoch  learning-rate  warmup  loss target"]
+    for stage, table in STAGE_DEFAULTS.items():
+        for size, (bs, epochs, spe, lr, warmup) in table.items():
+            target = LOSS_TARGETS[stage].get(size)
+            lines.append(f"  {stage:<9} {size:<7} {bs:>5}  {epochs:>6}  {spe:>11}  {lr:>13g}  {warmup:>6}  "
+                         f"{'<' + str(target) if target else '-'}")
+    return "\n".join(lines)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, stage: str | None = None) -> argparse.ArgumentParser:
     """The training flags; ``stage`` fixes --stage's default (the recipes)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = defaults_table()
     g = parser.add_argument_group("what to train")
     g.add_argument("--stage", choices=STAGES, default=stage or "language",
                    help="language = stage 1 pretraining on English; code = stage 2 fine-tuning on bash")
