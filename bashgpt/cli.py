@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from .devices import DEVICES
 from .errors import UserError
 
 
@@ -147,7 +148,7 @@ def add_sampling_arguments(p, max_new_tokens: int):
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--repetition-penalty", type=float, default=1.1)
     p.add_argument("--seed", type=int, default=None if max_new_tokens == 256 else 0, help="seed for sampling")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a folder of another model type to run its own Python code (only for folders you trust)")
 
@@ -166,11 +167,8 @@ def cmd_estimate(args):
         print(f"warning: {advice}")
 
 
-def default_cache() -> str:
-    return str(Path.home() / ".cache" / "bashgpt")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from .cache_dirs import cache_root, packed_cache_dir
     from .tokenization import default_tokenizer_dir
 
     parser = argparse.ArgumentParser(
@@ -189,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
     p.add_argument("--max-bytes", type=int, default=1_000_000, help="skip files larger than this (default 1 MB)")
     p.add_argument("--near-threshold", type=float, default=0.7, help="MinHash Jaccard threshold for near-duplicates")
-    p.add_argument("--cache", default=default_cache(), help="where Debian packages are downloaded and unpacked")
+    p.add_argument("--cache", default=str(cache_root()), help="where Debian packages are downloaded and unpacked")
     p.add_argument("--tokenizer", default=str(default_tokenizer_dir()), help="tokenizer for the token counts")
     p.add_argument("--block-size", type=int, default=1024, help="sequence length for the summary's sequence count")
     p.set_defaults(func=cmd_collect)
@@ -241,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
     p.add_argument("--use-amp", action="store_true")
     p.add_argument("--use-gradient-checkpointing", action="store_true")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("quickstart", help="the whole job offline on this machine (~10 minutes on 2 CPU cores)")
@@ -249,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-debian", action="store_true", help="do not try Debian packages for stage 2")
     p.add_argument("--smoke", action="store_true", help="a tiny run that finishes in under a minute (for tests)")
     p.add_argument("--smoke-source", help=argparse.SUPPRESS)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
@@ -270,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", required=True, help="'stdlib', a path, a bashgpt collect folder, or a Hub name")
     d.add_argument("--seq-len", type=int, default=1024)
     d.add_argument("--tokenizer", default=str(default_tokenizer_dir()))
-    d.add_argument("--cache", default=str(Path(default_cache()) / "packed"))
+    d.add_argument("--cache", default=str(packed_cache_dir()))
     d.set_defaults(func=cmd_data_stats)
     return parser
 

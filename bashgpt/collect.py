@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .cache_dirs import cache_root
 from .errors import UserError
 from .shellcheck import bash_parse
 from .tokenization import encode_batch
@@ -478,7 +479,7 @@ def collect(sources: list[str], out: str | Path, validation_fraction: float = 0.
     if not sources:
         raise CollectError("no sources given; pass folders, 'system', 'debian:' or 'hub:NAME'")
     out = Path(out)
-    cache = Path(cache) if cache else Path(os.environ.get("BASHGPT_CACHE", Path.home() / ".cache" / "bashgpt"))
+    cache = Path(cache) if cache else cache_root()
     scripts, report = gather(sources, cache, max_bytes, progress)
     kept = deduplicate(scripts, report, near_threshold)
     check_syntax(kept, progress)

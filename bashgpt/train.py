@@ -23,6 +23,7 @@ from transformers import TrainingArguments, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import BashGPTConfig, BashGPTForCausalLM
+from .cache_dirs import packed_cache_dir
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .corpus import load_corpus
 from .cpu_memory import keep_large_allocations_on_heap
@@ -193,7 +194,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                         f"use the tokenizer the checkpoint was trained with (--tokenizer)")
     with args.main_process_first(desc="tokenising"):
         corpus = load_corpus(opts.dataset, seed=opts.seed)
-        cache = opts.cache_dir or str(Path.home() / ".cache" / "bashgpt" / "packed")
+        cache = opts.cache_dir or str(packed_cache_dir())
         packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir=cache, num_proc=opts.num_proc)
     stats = {split: split_stats(ds) for split, ds in packed.items()}
     eval_ds = packed["validation"].select(range(min(opts.eval_blocks, len(packed["validation"]))))

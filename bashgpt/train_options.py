@@ -5,6 +5,7 @@ from dataclasses import dataclass, fields
 
 from .configuration_bashgpt import PRESETS
 from .corpus import STDLIB, TINYSTORIES
+from .devices import DEVICES
 
 STAGES = ("language", "code")
 
@@ -150,7 +151,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, stage: str | None = Non
     g = parser.add_argument_group("run")
     g.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="start afresh in an --output-dir that holds another run")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+    g.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto picks MPS, then CUDA, then CPU")
     g.add_argument("--num-proc", type=int, help="processes for tokenising (default: one)")
     g.add_argument("--cache-dir", help="where tokenised datasets are cached (default ~/.cache/bashgpt/packed)")
