@@ -9,6 +9,7 @@ A source is one of:
 """
 
 import ast
+import functools
 import os
 import socket
 import sysconfig
@@ -79,7 +80,13 @@ def stdlib_texts(min_chars: int = 200) -> list[str]:
     """English prose from the running Python: stdlib docstrings and pydoc's language topics.
 
     Parsed with ``ast`` (nothing is imported or run), in a fixed order, so the same Python gives the same text.
+    Parsed once per process (about 2 s): training, evaluation and the quickstart each ask for it.
     """
+    return list(_parse_stdlib(min_chars))
+
+
+@functools.lru_cache(maxsize=2)
+def _parse_stdlib(min_chars: int) -> tuple[str, ...]:
     texts = []
     try:
         from pydoc_data.topics import topics
@@ -103,7 +110,7 @@ def stdlib_texts(min_chars: int = 200) -> list[str]:
                         texts.append(doc)
     if not texts:
         raise CorpusError("found no standard-library text in this Python; pass --dataset PATH with local text files")
-    return texts
+    return tuple(texts)
 
 
 def split_off_validation(ds: datasets.Dataset, fraction: float, seed: int) -> datasets.DatasetDict:

@@ -108,18 +108,18 @@ def fast_decode(model, input_ids: torch.Tensor, max_new_tokens: int, pick, eos_t
     cache = StaticKV(model, input_ids.shape[0], length, dtype, input_ids.device)
     linear = linears_for(model)
     logits = prefill(model, input_ids, cache)
-    out = [input_ids]
+    ids = torch.empty((input_ids.shape[0], length), dtype=input_ids.dtype, device=input_ids.device)
+    ids[:, :input_ids.shape[1]] = input_ids
     for pos in range(input_ids.shape[1], length):
-        token = pick(torch.cat(out, dim=1), logits).view(-1, 1)
-        out.append(token)
+        token = pick(ids[:, :pos], logits).view(-1, 1)
+        ids[:, pos:pos + 1] = token
         if on_token is not None:
             on_token(token)
         if eos_token_id is not None and input_ids.shape[0] == 1 and int(token) == eos_token_id:
-            break
-        if pos == length - 1:
-            break
-        logits = decode_step(model, token, pos, cache, linear)
-    return torch.cat(out, dim=1)
+            return ids[:, :pos + 1]
+        if pos < length - 1:
+            logits = decode_step(model, token, pos, cache, linear)
+    return ids
 
 
 def fast_greedy_decode(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None):

@@ -231,8 +231,9 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
                 f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
                 f"about {plan.seconds_per_step:.2f} s per step, {plan.seconds_per_step * max_steps / 3600:.2f} h in all")
-        if fit_advice(plan):
-            run.say(f"warning: {fit_advice(plan)}")
+        warning = fit_advice(plan)
+        if warning:
+            run.say(f"warning: {warning}")
 
     ledger = SkipLedger(max_fraction=opts.max_skip_fraction, max_consecutive=opts.max_consecutive_skips)
     best_dir = out / "best"
@@ -280,9 +281,9 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                "eval_losses": advice.eval_losses, "train_loss": advice.train_losses[-1] if advice.train_losses else None,
                "curves": str(out / "training_curves.png")}
     if stopper.signal_name:
-        last = get_last_checkpoint(str(out / "checkpoints"))
         raise Interrupted(f"stopped by {stopper.signal_name} at step {trainer.state.global_step}; a resumable "
-                          f"checkpoint is in {last}; continue with: {resume_command()}", stopper.exit_code())
+                          f"checkpoint is in {last_checkpoint_text(out)}; continue with: {resume_command()}",
+                          stopper.exit_code())
     if ledger.abort_reason:
         raise UserError(f"training stopped: {ledger.abort_reason}. {NAN_ADVICE}. "
                         f"The last good model is in {best_dir}; checkpoints in {out / 'checkpoints'}")
