@@ -5,7 +5,6 @@ Names from nanoGPT-style and Hugging Face GPT-2 checkpoints are mapped onto ours
 Conv1D weights (stored transposed) are transposed back.
 """
 
-import json
 import re
 from pathlib import Path
 
@@ -36,14 +35,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_folder_config(folder: Path) -> BashGPTConfig:
-    try:
-        raw = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{folder / 'config.json'} is not readable JSON ({err}); is this a model folder?") from None
-    if raw.get("model_type") != "bashgpt":
-        raise UserError(f"{folder} holds a {raw.get('model_type')!r} model, not a bashgpt one; "
-                        f"pass a folder written by bashgpt")
-    return BashGPTConfig.from_pretrained(str(folder))
+    """The config of a bashgpt model folder; every way the folder can be wrong is checked first."""
+    from .modelio import check_model_folder
+
+    return BashGPTConfig.from_pretrained(str(check_model_folder(folder)))
 
 
 def load_legacy_state_dict(path: Path) -> dict[str, torch.Tensor]:
