@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bashgpt import BashGPTConfig, BashGPTForCausalLM  # noqa: E402
 from bashgpt.decoding import fast_greedy_decode  # noqa: E402
+from bashgpt.estimate import matmul_rate  # noqa: E402
 from bashgpt.flops import training_flops_per_token  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -37,17 +38,9 @@ def median_minmax(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def matmul_peak(dtype, n=2048, reps=10):
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+def matmul_peak(dtype, reps=10):
+    """GFLOP/s of a 2048 x 2048 matrix product on this CPU (the estimator's own measurement)."""
+    return matmul_rate("cpu", dtype, reps=reps) / 1e9
 
 
 def read_bandwidth(gb=1.0, reps=7):
