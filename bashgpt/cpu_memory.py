@@ -1,4 +1,4 @@
-"""Keep large CPU allocations on the heap during training (glibc only).
+"""CPU memory: keep large allocations on the heap during training (glibc only), and measure a process's peak.
 
 glibc gives every allocation above its mmap threshold (at most 32 MB) fresh pages from the
 kernel and returns them when freed, so each training step pays first-touch page faults on
@@ -10,6 +10,7 @@ process until it exits, which is what a training process wants anyway. A no-op e
 
 import ctypes
 import ctypes.util
+import resource
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -32,3 +33,20 @@ def keep_large_allocations_on_heap() -> bool:
         return False
     _applied = ok
     return ok
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident memory, in bytes.
+
+    On Linux it reads VmHWM: ``ru_maxrss`` survives fork+exec, so a child started by a large
+    process (a test runner, a launcher) would report its parent's peak instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024

@@ -6,12 +6,11 @@ MPS uses the unfused optimizer; pin_memory is unsupported on MPS.
 """
 
 import os
-import resource
-import sys
 from dataclasses import dataclass
 
 import torch
 
+from .cpu_memory import peak_rss_bytes
 from .errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -73,8 +72,7 @@ def peak_memory_bytes(device: str) -> int:
         return torch.cuda.max_memory_allocated()
     if device == "mps" and mps_available():
         return torch.mps.current_allocated_memory()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
+    return peak_rss_bytes()
 
 
 def device_memory_bytes(device: str) -> int | None:

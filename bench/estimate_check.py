@@ -19,9 +19,9 @@ CONFIGS = [("nano", 8, 256, False, False), ("nano", 8, 256, True, False), ("tiny
            ("tiny", 4, 512, True, False), ("tiny", 4, 512, True, True), ("tiny", 2, 512, False, False)]
 
 PROBE = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
-from bashgpt.cpu_memory import keep_large_allocations_on_heap
+from bashgpt.cpu_memory import keep_large_allocations_on_heap, peak_rss_bytes
 keep_large_allocations_on_heap()
 size, B, T, amp, gc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1"
 cfg = BashGPTConfig.from_preset(size)
@@ -38,7 +38,7 @@ for _ in range(4):
         loss = model(input_ids=ids, labels=ids).loss
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - start)
-print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "step": sorted(times[1:])[1]}))
+print(json.dumps({"peak": peak_rss_bytes(), "step": sorted(times[1:])[1]}))
 """
 
 
