@@ -17,7 +17,6 @@ from test_train import Poison, assert_same, options, write_corpus
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
-from bashgpt.collect import collect
 from bashgpt.errors import UserError
 from bashgpt.modelio import load_model, save_model_folder
 from bashgpt.tokenization import default_tokenizer_dir, load_tokenizer
@@ -169,7 +168,6 @@ def collect_in_child(src: Path, out: Path) -> tuple[dict, int, str]:
     """Run collect in a fresh process: (manifest, bytes its peak memory grew by during collect, stderr)."""
     code = f"""
 import json
-from bashgpt.collect import collect
 from bashgpt.cpu_memory import peak_rss_bytes
 before = peak_rss_bytes()
 m = collect([{str(src)!r}], {str(out)!r})
