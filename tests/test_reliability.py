@@ -168,6 +168,7 @@ def collect_in_child(src: Path, out: Path) -> tuple[dict, int, str]:
     """Run collect in a fresh process: (manifest, bytes its peak memory grew by during collect, stderr)."""
     code = f"""
 import json
+from bashgpt.collect import collect
 from bashgpt.cpu_memory import peak_rss_bytes
 before = peak_rss_bytes()
 m = collect([{str(src)!r}], {str(out)!r})
