@@ -294,12 +294,14 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        fused_lm_loss: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions that never count.
 
-        With ``config.fused_lm_loss`` (bashgpt's training sets it), training with ``labels`` runs the LM
-        head and the loss fused in chunks and returns ``logits=None`` (see fused_loss.py).
+        With ``fused_lm_loss`` (this call's choice, else ``config.fused_lm_loss``; bashgpt's trainer asks
+        for it per call), training with ``labels`` runs the LM head and the loss fused in chunks and
+        returns ``logits=None`` (see fused_loss.py).
         """
         outputs = self.transformer(
             input_ids=input_ids,
@@ -311,7 +313,8 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        fused = self.config.fused_lm_loss and self.training and torch.is_grad_enabled() and logits_to_keep == 0
+        fused = self.config.fused_lm_loss if fused_lm_loss is None else fused_lm_loss
+        fused = fused and self.training and torch.is_grad_enabled() and logits_to_keep == 0
         if labels is not None and fused:
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
             return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values)

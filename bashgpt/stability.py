@@ -11,6 +11,7 @@ window) and ``SafeTrainer``'s pre-optimizer-step hook (checks gradients, agrees 
 processes, drops the gradients).
 """
 
+import inspect
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -87,6 +88,7 @@ class SafeTrainer(Trainer):
         self.loss_clamp = loss_clamp
         self.skip_ledger = skip_ledger or SkipLedger()
         self.window_bad = False
+        self.fused_lm_loss = "fused_lm_loss" in inspect.signature(self.model.forward).parameters
         self.add_callback(_SkipNonFiniteUpdate(self))
 
     def _save_checkpoint(self, model, trial):
@@ -95,6 +97,8 @@ class SafeTrainer(Trainer):
         atomic_checkpoint_save(self, super()._save_checkpoint, model, trial)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and self.fused_lm_loss:  # chunked LM head + loss, no full-size logits (fused_loss.py);
+            inputs = {**inputs, "fused_lm_loss": True}  # asked per call, so never saved in the model's config
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
             if not torch.isfinite(loss.detach()).all():

@@ -212,7 +212,6 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                             f"positions; lower --seq-len")
         torch.manual_seed(opts.seed)
         model = BashGPTForCausalLM(config)
-    model.config.fused_lm_loss = True  # chunked LM head + loss: no full-size logits (fused_loss.py)
     keep_large_allocations_on_heap()  # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py)
     n_params = sum(p.numel() for p in model.parameters())
     world = args.world_size

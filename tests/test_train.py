@@ -59,7 +59,10 @@ def test_stage1_then_stage2_from_its_checkpoint(tmp_path):
 
     from transformers import AutoModelForCausalLM, pipeline
 
-    assert isinstance(AutoModelForCausalLM.from_pretrained(best), BashGPTForCausalLM)
+    trained = AutoModelForCausalLM.from_pretrained(best)
+    assert isinstance(trained, BashGPTForCausalLM) and not trained.config.fused_lm_loss
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert trained.train()(input_ids=ids, labels=ids).logits.shape == (1, 4, trained.config.vocab_size)  # own loops
     assert pipeline("text-generation", model=str(best))("Once", max_new_tokens=3, do_sample=False)
 
     s2 = run_training(options(tmp_path, stage="code", model_size=None, checkpoint=str(tmp_path / "run"),
@@ -136,6 +139,23 @@ def test_run_that_keeps_failing_aborts_with_advice_and_keeps_best(tmp_path):
     message = str(err.value)
     assert "3 updates in a row" in message and "--learning-rate" in message and "--warmup-steps" in message
     assert torch.isfinite(next(load_model(tmp_path / "run" / "best").parameters())).all()
+
+
+def test_trainer_asks_for_the_fused_loss_per_call_only_while_training(tmp_path):
+    from transformers import TrainingArguments
+
+    from bashgpt.stability import SafeTrainer
+
+    model = BashGPTForCausalLM(BashGPTConfig.from_preset("nano", max_position_embeddings=64))
+    trainer = SafeTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
+    ids = torch.randint(0, 1000, (2, 16))
+    batch = {"input_ids": ids, "labels": ids}
+    loss, out = trainer.compute_loss(model.train(), batch, return_outputs=True)
+    assert out.logits is None and loss.requires_grad  # chunked head + loss: no full-size logits
+    with torch.no_grad():
+        eval_loss, out = trainer.compute_loss(model.eval(), batch, return_outputs=True)
+    assert out.logits is not None and torch.allclose(loss.detach(), eval_loss, atol=1e-4)
+    assert not model.config.fused_lm_loss
 
 
 def test_skip_fraction_threshold():
