@@ -2,9 +2,10 @@
 
     python bench/estimate_check.py        # writes bench/estimate_check.md
 
-Each configuration runs in a fresh process (so its peak RSS is its own): 4 training steps
-(forward, backward, fused AdamW) the way bashgpt's training runs them; the median of the
-last three step times and the process's peak RSS are compared with the estimate.
+Each configuration runs in a fresh process: 4 training steps (forward, backward, fused AdamW)
+the way bashgpt's training runs them; the median of the last three step times and the
+process's own peak RSS (VmHWM: ru_maxrss would carry the parent's peak over fork+exec) are
+compared with the estimate.
 """
 
 import json
