@@ -92,6 +92,10 @@ def plan_model(opts: TrainOptions):
     return config, preset, None, None
 
 
+def last_checkpoint(out: Path) -> str | None:
+    return get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
+
+
 def prepare_output_dir(opts: TrainOptions) -> tuple[Path, str | None]:
     """Create or check the output folder; returns it and the checkpoint to resume from."""
     out = Path(opts.output_dir)
@@ -99,7 +103,7 @@ def prepare_output_dir(opts: TrainOptions) -> tuple[Path, str | None]:
     mine = {k: v for k, v in dataclasses.asdict(opts).items() if k not in RESUME_MUTABLE}
     if opts.resume:
         recover_staging(out / "checkpoints")
-        last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
+        last = last_checkpoint(out)
         if last is None:
             raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
         if record.is_file():
@@ -177,16 +181,21 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     config, preset, ckpt_path, legacy_state = plan_model(opts)
     opts.fill_defaults(preset)
     validate(opts)
-    out, resume_from = prepare_output_dir(opts)
+    out = Path(opts.output_dir)
     device = resolve_device(opts.device)
     precision = choose_precision(device, opts.use_amp)
     max_steps = opts.num_epochs * opts.steps_per_epoch
     args = training_arguments(opts, out, device, precision, max_steps)
     run = Run(out, is_main=args.process_index == 0)
-    if run.is_main:
-        (out / "run.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
-        if resume_from:
-            truncate_log(out / "log.jsonl", int(Path(resume_from).name.split("-")[-1]))
+    # One process checks, cleans and claims the folder; the others wait, then only look up the checkpoint.
+    with args.main_process_first(desc="preparing the output folder"):
+        if run.is_main:
+            out, resume_from = prepare_output_dir(opts)
+            (out / "run.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
+            if resume_from:
+                truncate_log(out / "log.jsonl", int(Path(resume_from).name.split("-")[-1]))
+        else:
+            resume_from = last_checkpoint(out) if opts.resume else None
 
     tokenizer = choose_tokenizer(opts, ckpt_path)
     if len(tokenizer) > config.vocab_size:
