@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .errors import UserError
+from .stability import all_processes_agree
 
 STAGING = ".staging"
 OOM_ADVICE = ("out of memory: lower --batch-size (e.g. --batch-size 1), add --use-gradient-checkpointing, "
@@ -28,14 +29,17 @@ def atomic_checkpoint_save(trainer, save, model, trial) -> None:
     args = trainer.args
     root = args.output_dir
     staging = os.path.join(root, STAGING)
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging, exist_ok=True)
+    if args.should_save:  # process 0 (of a multi-process run) owns the staging folder
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging, exist_ok=True)
+    trainer.accelerator.wait_for_everyone()  # an empty staging folder before anyone writes
     args.output_dir = staging
     try:
         save(model, trial)
     finally:
         args.output_dir = root
-    if not args.should_save:  # another process of a multi-process run: process 0 moves the files
+    trainer.accelerator.wait_for_everyone()  # every process's files (rng_state_N.pth) are in before the rename
+    if not args.should_save:
         return
     name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
     final = os.path.join(root, name)
@@ -92,7 +96,9 @@ class GracefulStop(TrainerCallback):
                  f"(Ctrl-C again to stop at once)")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.signal_name is not None:
+        # Every process stops after the same step, even when only some got the signal (DDP would hang otherwise).
+        if all_processes_agree(self.signal_name is not None, args.device):
+            self.signal_name = self.signal_name or "SIGTERM"  # another process was told to stop
             control.should_save = True
             control.should_training_stop = True
         return control

@@ -101,6 +101,38 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_within_seconds(tmp_path)
     # (resuming from it is what the kill -9 test above does)
 
 
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc")
+def test_sigterm_to_one_of_two_ddp_processes_stops_both_at_the_same_step(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    args = [*recipe_args(tmp_path, "run", steps=60), "--eval-steps", "30"]  # the first save is the signal's
+    proc = subprocess.Popen([*launch, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (log.is_file() and log.read_text().count("\n") >= 3):
+        time.sleep(0.1)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGTERM)  # only one of them: a laptop's OOM killer or a scheduler may do that
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    line = [ln for ln in err.splitlines() if ln.startswith("bashgpt: error:")][-1]
+    checkpoint = Path(line.split("checkpoint is in ")[1].split(";")[0])
+    assert {"model.safetensors", "optimizer.pt", "rng_state_0.pth", "rng_state_1.pth"} <= {
+        p.name for p in checkpoint.iterdir()}
+    assert int(checkpoint.name.split("-")[1]) < 30
+    resumed = subprocess.run([*launch, *args, "--resume"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-60" / "model.safetensors").is_file()
+
+
 def test_disk_full_during_a_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from transformers import Trainer
 
