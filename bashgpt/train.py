@@ -96,8 +96,8 @@ def last_checkpoint(out: Path) -> str | None:
     return get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
 
 
-def prepare_output_dir(opts: TrainOptions) -> tuple[Path, str | None]:
-    """Create or check the output folder; returns it and the checkpoint to resume from."""
+def prepare_output_dir(opts: TrainOptions) -> str | None:
+    """Create or check the output folder; returns the checkpoint to resume from."""
     out = Path(opts.output_dir)
     record = out / "run.json"
     mine = {k: v for k, v in dataclasses.asdict(opts).items() if k not in RESUME_MUTABLE}
@@ -112,7 +112,7 @@ def prepare_output_dir(opts: TrainOptions) -> tuple[Path, str | None]:
             if changed:
                 raise UserError(f"--resume with different options than the run in {out} ({', '.join(changed)}); "
                                 f"use the same flags, or a new --output-dir")
-        return out, last
+        return last
     if record.is_file() or (out / "checkpoints").is_dir():
         if not opts.overwrite:
             raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
@@ -127,7 +127,7 @@ def prepare_output_dir(opts: TrainOptions) -> tuple[Path, str | None]:
         probe.unlink()
     except OSError as err:
         raise UserError(f"{describe_os_error(err, str(out))}; pick a writable --output-dir") from None
-    return out, None
+    return None
 
 
 def choose_tokenizer(opts: TrainOptions, ckpt_path: Path | None):
@@ -190,7 +190,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     # One process checks, cleans and claims the folder; the others wait, then only look up the checkpoint.
     with args.main_process_first(desc="preparing the output folder"):
         if run.is_main:
-            out, resume_from = prepare_output_dir(opts)
+            resume_from = prepare_output_dir(opts)
             (out / "run.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
             if resume_from:
                 truncate_log(out / "log.jsonl", int(Path(resume_from).name.split("-")[-1]))
@@ -337,9 +337,7 @@ def train_guarded(trainer, stopper: GracefulStop, resume_from: str | None, out: 
 
 
 def last_checkpoint_text(out: Path) -> str:
-    folder = out / "checkpoints"
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    return last or "none yet (start again without --resume)"
+    return last_checkpoint(out) or "none yet (start again without --resume)"
 
 
 def resume_command() -> str:
