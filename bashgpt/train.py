@@ -96,24 +96,40 @@ def last_checkpoint(out: Path) -> str | None:
     return get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
 
 
+def check_same_options(opts: TrainOptions, out: Path) -> None:
+    """--resume must continue the same run: refuse options that differ from its run.json."""
+    record = out / "run.json"
+    if not record.is_file():
+        return
+    mine = {k: v for k, v in dataclasses.asdict(opts).items() if k not in RESUME_MUTABLE}
+    theirs = {k: v for k, v in json.loads(record.read_text()).items() if k not in RESUME_MUTABLE}
+    changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+    if changed:
+        raise UserError(f"--resume with different options than the run in {out} ({', '.join(changed)}); "
+                        f"use the same flags, or a new --output-dir")
+
+
+def finished_at(out: Path, max_steps: int) -> int | None:
+    """The step of the last checkpoint when it already reached ``max_steps`` (the run is complete), else None."""
+    last = last_checkpoint(out)
+    state = Path(last) / "trainer_state.json" if last else None
+    if state is None or not state.is_file():
+        return None
+    step = json.loads(state.read_text()).get("global_step", 0)
+    return step if step >= max_steps else None
+
+
 def prepare_output_dir(opts: TrainOptions) -> str | None:
     """Create or check the output folder; returns the checkpoint to resume from."""
     out = Path(opts.output_dir)
-    record = out / "run.json"
-    mine = {k: v for k, v in dataclasses.asdict(opts).items() if k not in RESUME_MUTABLE}
     if opts.resume:
         recover_staging(out / "checkpoints")
         last = last_checkpoint(out)
         if last is None:
             raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
-        if record.is_file():
-            theirs = {k: v for k, v in json.loads(record.read_text()).items() if k not in RESUME_MUTABLE}
-            changed = sorted(k for k in mine if theirs.get(k) != mine[k])
-            if changed:
-                raise UserError(f"--resume with different options than the run in {out} ({', '.join(changed)}); "
-                                f"use the same flags, or a new --output-dir")
+        check_same_options(opts, out)
         return last
-    if record.is_file() or (out / "checkpoints").is_dir():
+    if (out / "run.json").is_file() or (out / "checkpoints").is_dir():
         if not opts.overwrite:
             raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
                             f"or another --output-dir")
@@ -185,6 +201,8 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     device = resolve_device(opts.device)
     precision = choose_precision(device, opts.use_amp)
     max_steps = opts.num_epochs * opts.steps_per_epoch
+    if opts.resume and (done := finished_at(out, max_steps)) is not None:
+        return already_complete(opts, out, done, max_steps)
     args = training_arguments(opts, out, device, precision, max_steps)
     run = Run(out, is_main=args.process_index == 0)
     # One process checks, cleans and claims the folder; the others wait, then only look up the checkpoint.
@@ -298,6 +316,15 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     for line in closing_lines(opts.stage, preset, advice.eval_losses, summary):
         run.say(line)
     return summary
+
+
+def already_complete(opts: TrainOptions, out: Path, step: int, max_steps: int) -> dict:
+    """--resume of a run that has reached its last step: say so and change nothing (Trainer would add a step)."""
+    check_same_options(opts, out)
+    best = out / "best"
+    print(f"[bashgpt] the run in {out} is already complete (step {step} of {max_steps}); nothing to resume. "
+          f"Its best model is {best}", file=sys.stderr)
+    return {"output_dir": str(out), "best": str(best), "step": step, "max_steps": max_steps, "complete": True}
 
 
 def training_lineage(opts: TrainOptions, ckpt_path: Path | None) -> dict:

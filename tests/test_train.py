@@ -202,6 +202,26 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
         assert torch.equal(x, y), name
 
 
+def folder_snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
+    from bashgpt.recipe import main as recipe_main
+
+    run_training(options(tmp_path, num_epochs=1))
+    before = folder_snapshot(tmp_path / "run")
+    again = run_training(options(tmp_path, num_epochs=1, resume=True))
+    assert again["complete"] and again["step"] == 3 and again["best"] == str(tmp_path / "run" / "best")
+    argv = ["--model-size", "nano", "--dataset", str(tmp_path / "english"), "--output-dir", str(tmp_path / "run"),
+            "--batch-size", "2", "--num-epochs", "1", "--steps-per-epoch", "3", "--learning-rate", "1e-3",
+            "--warmup-steps", "1", "--seq-len", "32", "--eval-blocks", "4", "--device", "cpu", "--seed", "7",
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--resume"]
+    assert recipe_main("language", argv=argv) == 0
+    assert "already complete (step 3 of 3)" in capsys.readouterr().err
+    assert folder_snapshot(tmp_path / "run") == before  # no checkpoint-4, no log line, no new best/
+
+
 def test_output_folder_of_another_run_is_refused(tmp_path):
     run_training(options(tmp_path, num_epochs=1))
     with pytest.raises(UserError, match="already holds a run"):
