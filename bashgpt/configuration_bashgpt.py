@@ -34,7 +34,7 @@ class BashGPTConfig(PreTrainedConfig):
     """
 
     model_type = "bashgpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the KV cache, named as in 5.24+ and before
 
     vocab_size: int = PRESET_VOCAB_SIZE
     hidden_size: int = 768

@@ -11,7 +11,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from .modeling_bashgpt import apply_rotary_pos_emb
+from .modeling_bashgpt import apply_rotary_pos_emb, output_cache
 
 _PACKED = weakref.WeakKeyDictionary()  # model -> (weight versions, packed linears)
 
@@ -66,7 +66,7 @@ def prefill(model, input_ids: torch.Tensor, cache: StaticKV) -> torch.Tensor:
     out = model(input_ids=input_ids, use_cache=True)
     n = input_ids.shape[1]
     for i in range(model.config.num_hidden_layers):
-        layer = out.past_key_values.layers[i]
+        layer = output_cache(out).layers[i]
         cache.k[i][:, :, :n] = layer.keys
         cache.v[i][:, :, :n] = layer.values
     return out.logits[:, -1]

@@ -9,6 +9,7 @@ This file is copied beside the weights by ``save_pretrained`` so that a folder l
 transformers and its sibling config (single-level relative import).
 """
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -24,6 +25,18 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to
 
 from .configuration_bashgpt import BashGPTConfig
 from .fused_loss import chunked_causal_lm_loss
+
+# Transformers 5.24 renamed the KV cache from `past_key_values` to `cache`: the forward argument that
+# `generate()` passes, the field of the model outputs and the keyword of `create_causal_mask`. This
+# file runs under whichever release of our range (5.23 and newer) the user has, so it takes
+# the cache under either name and speaks to the library in the names the installed release declares.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def output_cache(outputs) -> Cache | None:
+    """The KV cache a model output carries, whatever the installed Transformers calls the field."""
+    return getattr(outputs, CACHE_FIELD)
 
 
 def make_norm(config: BashGPTConfig) -> nn.Module:
@@ -109,7 +122,7 @@ class BashGPTAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -120,8 +133,8 @@ class BashGPTAttention(nn.Module):
 
         if position_embeddings is not None:  # rope
             q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -154,14 +167,14 @@ class BashGPTBlock(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
         attn_output, _ = self.attn(
             self.ln_1(hidden_states),
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             position_embeddings=position_embeddings,
             **kwargs,
         )
@@ -174,7 +187,7 @@ class BashGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["BashGPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]  # both names of the KV cache
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
@@ -225,28 +238,33 @@ class BashGPTModel(BashGPTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """``cache`` is the KV cache (``past_key_values``, its name before Transformers 5.24, is accepted too)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = past_key_values if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache, cache = False, None  # a recomputed block would write its keys/values twice
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0) + past_seen
 
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **{_MASK_CACHE_ARG: cache},
         )
 
         position_embeddings = None
@@ -266,11 +284,11 @@ class BashGPTModel(BashGPTPreTrainedModel):
             hidden_states = block(
                 hidden_states,
                 attention_mask=causal_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 position_embeddings=position_embeddings,
                 **kwargs,
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(hidden_states), past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(hidden_states), **{CACHE_FIELD: cache})
 
 
 class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
@@ -289,16 +307,18 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         fused_lm_loss: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions that never count.
 
+        ``cache`` is the KV cache (``past_key_values`` is its name before Transformers 5.24; either works).
         With ``fused_lm_loss`` (this call's choice, else ``config.fused_lm_loss``; bashgpt's trainer asks
         for it per call), training with ``labels`` runs the LM head and the loss fused in chunks and
         returns ``logits=None`` (see fused_loss.py).
@@ -307,22 +327,23 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=past_key_values if cache is None else cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        cache = {CACHE_FIELD: output_cache(outputs)}
         fused = self.config.fused_lm_loss if fused_lm_loss is None else fused_lm_loss
         fused = fused and self.training and torch.is_grad_enabled() and logits_to_keep == 0
         if labels is not None and fused:
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
-            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values)
+            return CausalLMOutputWithPast(loss=loss, logits=None, **cache)
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (B, T, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **cache)
 
 
-__all__ = ["BashGPTPreTrainedModel", "BashGPTModel", "BashGPTForCausalLM"]
+__all__ = ["BashGPTPreTrainedModel", "BashGPTModel", "BashGPTForCausalLM", "output_cache"]

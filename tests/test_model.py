@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, pipeline
 
 from bashgpt import PRESETS, BashGPTConfig, BashGPTForCausalLM
+from bashgpt.modeling_bashgpt import output_cache
 
 GUIDE_PARAMS = {"tiny": 137e6, "medium": 371e6, "large": 1092e6, "xlarge": 1509e6}
 
@@ -140,15 +141,17 @@ def test_left_padded_row_generates_like_the_unpadded_prompt(norm, pos):
     assert torch.equal(batch[1, 9:], alone[0, 5:])
 
 
-def test_incremental_decoding_matches_full_forward():
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])  # Transformers >= 5.24 / older releases
+def test_incremental_decoding_matches_full_forward(name):
     model = BashGPTForCausalLM(small_config(position_embedding_type="rope")).eval()
     ids = torch.randint(0, 96, (1, 10))
     with torch.no_grad():
         full = model(ids).logits[:, -1]
         out = model(ids[:, :7], use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         for t in range(7, 10):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], use_cache=True, **{name: cache})
+            assert output_cache(out) is cache and cache.get_seq_length() == t + 1
     torch.testing.assert_close(out.logits[:, -1], full, atol=1e-5, rtol=0)
 
 
@@ -205,6 +208,25 @@ def test_pipeline_text_generation_end_to_end(tmp_path, small_tokenizer):
     assert len(small_tokenizer(out[0]["generated_text"])["input_ids"]) > len(small_tokenizer("#!/bin/bash\n")["input_ids"])
 
 
+@pytest.mark.parametrize("norm, pos", [("layernorm", "learned"), ("rmsnorm", "rope")])
+def test_pipeline_greedy_text_is_generate_with_and_without_cache(tmp_path, small_tokenizer, norm, pos):
+    """The KV cache must reach the model under the name the installed Transformers passes it (5.24: ``cache``)."""
+    cfg = small_config(norm_type=norm, position_embedding_type=pos, vocab_size=len(small_tokenizer),
+                       eos_token_id=small_tokenizer.eos_token_id, pad_token_id=small_tokenizer.pad_token_id)
+    model = BashGPTForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path)
+    small_tokenizer.save_pretrained(tmp_path)
+    prompt = "#!/bin/bash\nfor f in"
+    ids = small_tokenizer(prompt, return_tensors="pt")
+    kwargs = dict(max_new_tokens=24, do_sample=False, min_new_tokens=24)
+    with_cache = model.generate(**ids, use_cache=True, **kwargs)
+    without_cache = model.generate(**ids, use_cache=False, **kwargs)
+    assert torch.equal(with_cache, without_cache)
+    pipe = pipeline("text-generation", model=str(tmp_path))
+    text = pipe(prompt, return_full_text=True, **kwargs)[0]["generated_text"]
+    assert text == small_tokenizer.decode(with_cache[0], skip_special_tokens=True)
+
+
 REMOTE_SCRIPT = textwrap.dedent(
     """
     import sys, torch
@@ -222,10 +244,13 @@ REMOTE_SCRIPT = textwrap.dedent(
     ids = load_file(ids_file)["ids"]
     with torch.no_grad():
         logits = model(ids).logits
+        kwargs = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)
+        cached = model.generate(ids, attention_mask=torch.ones_like(ids), use_cache=True, **kwargs)
+        uncached = model.generate(ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs)
     pipe = pipeline("text-generation", model=model_dir, trust_remote_code=True)
     text = pipe("#!/bin/sh\\n", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("#!/bin/sh"), text
-    save_file({"logits": logits}, out_file)
+    save_file({"logits": logits, "cached": cached, "uncached": uncached}, out_file)
     """
 )
 
@@ -249,9 +274,22 @@ def test_remote_code_load_without_bashgpt_gives_the_same_logits(tmp_path, small_
     assert result.returncode == 0, result.stderr[-3000:]
     from safetensors.torch import load_file
 
+    out = load_file(tmp_path / "out.safetensors")
     with torch.no_grad():
         expected = model(ids).logits
-    assert torch.equal(load_file(tmp_path / "out.safetensors")["logits"], expected)
+        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16,
+                                   do_sample=False)
+    assert torch.equal(out["logits"], expected)
+    assert torch.equal(out["cached"], out["uncached"]) and torch.equal(out["cached"], generated)
+
+
+def test_a_normal_run_prints_no_warning(tmp_path):
+    """Transformers 5.24 renamed the cache; our file must not trip its deprecation notices (nor any other)."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home")}
+    script = os.path.join(os.path.dirname(__file__), "normal_run_warnings.py")
+    result = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "", result.stdout[-3000:]
 
 
 @pytest.mark.parametrize("with_items", [False, True])
