@@ -59,10 +59,13 @@ def gpt2_twin(cfg: BashGPTConfig):
     """transformers' GPT2LMHeadModel with bashgpt's dimensions (untied head, same vocab and positions)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(GPT2Config(
+    model = GPT2LMHeadModel(GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_position_embeddings, n_embd=cfg.hidden_size,
         n_layer=cfg.num_hidden_layers, n_head=cfg.num_attention_heads, activation_function="gelu_pytorch_tanh",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False))
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False,
+        bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id))  # not GPT-2's 50256
+    model.loss_type = "ForCausalLM"  # the class name does not say it, and Transformers warns when it must guess
+    return model
 
 
 def train_step_fn(model, dtype, batch, seq):
