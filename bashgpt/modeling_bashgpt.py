@@ -327,23 +327,24 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=past_key_values if cache is None else cache,
+            cache=cache,
             inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
             use_cache=use_cache,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        cache = {CACHE_FIELD: output_cache(outputs)}
+        returned_cache = {CACHE_FIELD: output_cache(outputs)}
         fused = self.config.fused_lm_loss if fused_lm_loss is None else fused_lm_loss
         fused = fused and self.training and torch.is_grad_enabled() and logits_to_keep == 0
         if labels is not None and fused:
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
-            return CausalLMOutputWithPast(loss=loss, logits=None, **cache)
+            return CausalLMOutputWithPast(loss=loss, logits=None, **returned_cache)
         logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (B, T, V)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **returned_cache)
 
 
 __all__ = ["BashGPTPreTrainedModel", "BashGPTModel", "BashGPTForCausalLM", "output_cache"]
