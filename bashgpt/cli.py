@@ -10,8 +10,8 @@ from .errors import UserError
 
 
 def cmd_collect(args):
-    from .collect import collect, format_summary
-    from .tokenization import load_tokenizer
+    from .data.collect import collect, format_summary
+    from .data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     manifest = collect(args.sources, args.out, validation_fraction=args.validation_fraction, seed=args.seed,
@@ -21,7 +21,7 @@ def cmd_collect(args):
 
 
 def cmd_tokenizer_train(args):
-    from .tokenization import train_on_corpora
+    from .data.tokenization import train_on_corpora
 
     report = train_on_corpora(args.english, args.bash, args.out, vocab_size=args.vocab_size, seed=args.seed)
     print(json.dumps(report, indent=2))
@@ -29,9 +29,9 @@ def cmd_tokenizer_train(args):
 
 
 def cmd_data_stats(args):
-    from .corpus import load_corpus
-    from .packing import format_stats, packed_splits, split_stats
-    from .tokenization import load_tokenizer
+    from .data.corpus import load_corpus
+    from .data.packing import format_stats, packed_splits, split_stats
+    from .data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     packed = packed_splits(load_corpus(args.dataset), tokenizer, args.seq_len, cache_dir=args.cache)
@@ -39,15 +39,15 @@ def cmd_data_stats(args):
 
 
 def cmd_train(args):
-    from .train import run_training
-    from .train_options import options_from_args
+    from .training.options import options_from_args
+    from .training.train import run_training
 
     run_training(options_from_args(args))
 
 
 def load_for_inference(model_dir: str, device: str, trust_remote_code: bool = False):
     from .devices import resolve_device
-    from .modelio import load_foreign_model, load_model_and_tokenizer, read_model_type
+    from .inference.modelio import load_foreign_model, load_model_and_tokenizer, read_model_type
 
     folder = Path(model_dir)
     model_type = read_model_type(folder)
@@ -59,7 +59,7 @@ def load_for_inference(model_dir: str, device: str, trust_remote_code: bool = Fa
 
 
 def sampling_from(args):
-    from .generate import SamplingOptions
+    from .inference.generate import SamplingOptions
 
     return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                            top_k=args.top_k, repetition_penalty=args.repetition_penalty,
@@ -67,7 +67,7 @@ def sampling_from(args):
 
 
 def cmd_generate(args):
-    from .generate import check_report, generate
+    from .inference.generate import check_report, generate
 
     if args.prompt_file:
         try:
@@ -93,10 +93,10 @@ def cmd_generate(args):
 
 
 def cmd_eval(args):
-    from .corpus import load_corpus
-    from .evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
-    from .modelio import check_model_folder
-    from .train import corpus_of
+    from .data.corpus import load_corpus
+    from .inference.evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
+    from .inference.modelio import check_model_folder
+    from .training.train import corpus_of
 
     model_dir = Path(args.model_dir) if args.trust_remote_code else check_model_folder(args.model_dir)
     lineage_file = model_dir / "bashgpt_training.json"
@@ -121,8 +121,8 @@ def cmd_eval(args):
 
 
 def cmd_export(args):
-    from .export import export_gpt2
-    from .modelio import load_model_and_tokenizer
+    from .inference.export import export_gpt2
+    from .inference.modelio import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(args.model_dir)
     out = export_gpt2(model, tokenizer, args.out)
@@ -154,7 +154,7 @@ def add_sampling_arguments(p, max_new_tokens: int):
 
 
 def cmd_estimate(args):
-    from .estimate import estimate, fit_advice, format_estimate
+    from .training.estimate import estimate, fit_advice, format_estimate
 
     for name in ("batch_size", "seq_len", "gradient_accumulation_steps"):
         if getattr(args, name) <= 0:
@@ -168,8 +168,8 @@ def cmd_estimate(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cache_dirs import cache_root, packed_cache_dir
-    from .tokenization import default_tokenizer_dir
+    from .data.cache_dirs import cache_root, packed_cache_dir
+    from .data.tokenization import default_tokenizer_dir
 
     parser = argparse.ArgumentParser(
         prog="bashgpt", description="Train your own GPT-style model that writes bash. New here? Run: bashgpt quickstart",
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=1024, help="sequence length for the summary's sequence count")
     p.set_defaults(func=cmd_collect)
 
-    from .train_options import add_train_arguments
+    from .training.options import add_train_arguments
 
     p = sub.add_parser("train", help="train a stage: --stage language (TinyStories) or --stage code (bash)",
                        description="Train on HF Trainer with NaN-skipping, loss clamping, best-model saving and resume. "

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .cpu_memory import peak_rss_bytes
 from .errors import UserError
+from .training.cpu_memory import peak_rss_bytes
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

@@ -8,13 +8,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .collect import DEFAULT_DEBIAN_PACKAGES, CollectError, collect, format_summary
-from .corpus import STDLIB, load_corpus
+from .data.collect import DEFAULT_DEBIAN_PACKAGES, CollectError, collect, format_summary
+from .data.corpus import STDLIB, load_corpus
+from .data.tokenization import default_tokenizer_dir, load_tokenizer
 from .devices import bf16_is_fast, resolve_device
-from .generate import SamplingOptions, check_report, generate
-from .tokenization import default_tokenizer_dir, load_tokenizer
-from .train import run_training
-from .train_options import TrainOptions
+from .inference.generate import SamplingOptions, check_report, generate
+from .training.options import TrainOptions
+from .training.train import run_training
 
 
 @dataclass
@@ -101,8 +101,8 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
                                    **{k: v for k, v in common.items() if k != "model_size"}))
 
     say("Evaluating: held-out loss on both corpora, and the bash the model writes")
-    from .evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
-    from .modelio import load_model_and_tokenizer
+    from .inference.evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
+    from .inference.modelio import load_model_and_tokenizer
 
     best = Path(s2["best"])
     model, tok = load_model_and_tokenizer(best)

@@ -22,7 +22,7 @@ CONFIGS = [("nano", 8, 256, False, False), ("nano", 8, 256, True, False), ("tiny
 PROBE = r"""
 import json, sys, time, torch
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
-from bashgpt.cpu_memory import keep_large_allocations_on_heap, peak_rss_bytes
+from bashgpt.training.cpu_memory import keep_large_allocations_on_heap, peak_rss_bytes
 keep_large_allocations_on_heap()
 size, B, T, amp, gc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1"
 cfg = BashGPTConfig.from_preset(size)
@@ -44,7 +44,7 @@ print(json.dumps({"peak": peak_rss_bytes(), "step": sorted(times[1:])[1]}))
 
 
 def main():
-    from bashgpt.estimate import estimate
+    from bashgpt.training.estimate import estimate
 
     rows = ["| preset | batch | amp | checkpointing | memory est / measured | time est / measured |", "|---|---|---|---|---|---|"]
     worst = 0.0

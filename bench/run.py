@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bashgpt import BashGPTConfig, BashGPTForCausalLM  # noqa: E402
-from bashgpt.decoding import fast_greedy_decode  # noqa: E402
-from bashgpt.estimate import matmul_rate  # noqa: E402
-from bashgpt.flops import training_flops_per_token  # noqa: E402
+from bashgpt.inference.decoding import fast_greedy_decode  # noqa: E402
+from bashgpt.training.estimate import matmul_rate  # noqa: E402
+from bashgpt.training.flops import training_flops_per_token  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -169,8 +169,8 @@ def bench_decode(sizes, reps, new_tokens=128, prompt_len=32):
 
 
 def bench_data(reps):
-    from bashgpt.collect import collect
-    from bashgpt.tokenization import default_tokenizer_dir, encode_batch, load_tokenizer
+    from bashgpt.data.collect import collect
+    from bashgpt.data.tokenization import default_tokenizer_dir, encode_batch, load_tokenizer
 
     sources = [s for s in (os.environ.get("BASHGPT_BENCH_DEBIAN"),) if s] or ["system"]
     times = []
@@ -204,7 +204,7 @@ def write_markdown(results, path):
              "(min-max in brackets).", ""]
     if "peak" in results:
         p = results["peak"]
-        lines += ["Large-buffer heap reuse (bashgpt/cpu_memory.py, what bashgpt's training sets): "
+        lines += ["Large-buffer heap reuse (bashgpt/training/cpu_memory.py, what bashgpt's training sets): "
                   + ("off (--no-heap): both models as plain PyTorch runs them." if results.get("no_heap")
                      else "on for the whole process, so GPT2LMHeadModel benefits from it too."), ""]
         lines += [f"Measured peaks: matmul fp32 {p['fp32']:.0f} GFLOP/s, bf16 {p['bf16']:.0f} GFLOP/s; "
@@ -249,7 +249,7 @@ def main():
                         help="leave glibc's malloc settings alone (both models then run as plain PyTorch runs)")
     args = parser.parse_args()
     if not args.no_heap:
-        from bashgpt.cpu_memory import keep_large_allocations_on_heap
+        from bashgpt.training.cpu_memory import keep_large_allocations_on_heap
 
         keep_large_allocations_on_heap()  # what bashgpt's training does; both models benefit
     results = {"no_heap": args.no_heap, "argv": sys.argv[1:], "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

@@ -7,7 +7,7 @@
 
 import sys
 
-from bashgpt.recipe import main
+from bashgpt.training.recipe import main
 
 if __name__ == "__main__":
     sys.exit(main("language", __doc__))

@@ -28,7 +28,7 @@ VARIANTS = [(n, p) for n in ("layernorm", "rmsnorm") for p in ("learned", "rope"
 
 @pytest.fixture(scope="session")
 def small_tokenizer():
-    from bashgpt.tokenization import train_tokenizer
+    from bashgpt.data.tokenization import train_tokenizer
 
     return train_tokenizer(SAMPLE_TEXTS * 20, vocab_size=300, model_max_length=64)
 

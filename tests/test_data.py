@@ -7,12 +7,12 @@ import shutil
 import datasets
 import pytest
 
-from bashgpt import collect as collect_mod
 from bashgpt.cli import main
-from bashgpt.collect import collect, shebang_interpreter, split_train_validation
-from bashgpt.corpus import CorpusError, load_corpus, stdlib_texts
-from bashgpt.packing import pack_dataset, packed_splits, split_stats
-from bashgpt.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.data import collect as collect_mod
+from bashgpt.data.collect import collect, shebang_interpreter, split_train_validation
+from bashgpt.data.corpus import CorpusError, load_corpus, stdlib_texts
+from bashgpt.data.packing import pack_dataset, packed_splits, split_stats
+from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
 
 
 def real_script(i: int) -> str:
@@ -118,7 +118,7 @@ def test_collect_is_deterministic(source, tmp_path):
 
 
 def test_split_is_by_file_seeded_and_stable():
-    from bashgpt.collect import Script
+    from bashgpt.data.collect import Script
 
     scripts = [Script(real_script(i), "folder", "p", "", f"{i}.sh", "MIT", "bash") for i in range(40)]
     train, val = split_train_validation(scripts, 0.1, seed=3)
@@ -264,7 +264,7 @@ def test_packed_dataset_is_cached_on_disk(tmp_path, small_tokenizer, monkeypatch
                               validation=datasets.Dataset.from_dict({"text": ["echo b\n"] * 5}))
     first = packed_splits(dd, small_tokenizer, 16, cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 2
-    from bashgpt import packing
+    from bashgpt.data import packing
 
     monkeypatch.setattr(packing, "pack_dataset", lambda *a, **k: pytest.fail("packed again"))
     second = packed_splits(dd, small_tokenizer, 16, cache_dir=tmp_path)

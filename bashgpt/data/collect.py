@@ -26,9 +26,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..errors import UserError
+from ..inference.shellcheck import bash_parse
 from .cache_dirs import cache_root
-from .errors import UserError
-from .shellcheck import bash_parse
 from .tokenization import encode_batch
 
 # Bash-heavy Debian packages that together give about 1,500 real scripts (see README).

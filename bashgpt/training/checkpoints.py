@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .configuration_bashgpt import PRESETS, BashGPTConfig
-from .errors import UserError
-from .modeling_bashgpt import BashGPTForCausalLM
+from ..configuration_bashgpt import PRESETS, BashGPTConfig
+from ..errors import UserError
+from ..modeling_bashgpt import BashGPTForCausalLM
 
 STRIP_PREFIXES = ("_orig_mod.", "module.", "model.")
 DROP_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers
@@ -36,7 +36,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def read_folder_config(folder: Path) -> BashGPTConfig:
     """The config of a bashgpt model folder; every way the folder can be wrong is checked first."""
-    from .modelio import check_model_folder
+    from ..inference.modelio import check_model_folder
 
     return BashGPTConfig.from_pretrained(str(check_model_folder(folder)))
 
@@ -155,7 +155,7 @@ def fit_to_model(state: dict, model: BashGPTForCausalLM) -> dict:
 
 def load_checkpoint_model(path: Path, config: BashGPTConfig, state: dict | None) -> BashGPTForCausalLM:
     if path.is_dir():
-        from .modelio import load_model
+        from ..inference.modelio import load_model
 
         return load_model(path)
     model = BashGPTForCausalLM(config)

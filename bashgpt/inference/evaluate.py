@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .errors import UserError
+from ..data.packing import pack_dataset
+from ..data.tokenization import encode_batch
+from ..errors import UserError
 from .generate import SamplingOptions, generate
-from .packing import pack_dataset
 from .shellcheck import bash_parse, shellcheck, shellcheck_binary
-from .tokenization import encode_batch
 
-PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "prompts.txt"
+PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.txt"
 
 
 def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:

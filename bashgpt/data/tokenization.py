@@ -12,7 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .errors import UserError
+from ..errors import UserError
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -64,7 +64,7 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "tokenizer"
+DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "tokenizer"
 
 
 def default_tokenizer_dir() -> Path:

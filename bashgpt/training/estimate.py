@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .configuration_bashgpt import BashGPTConfig
-from .devices import device_memory_bytes, resolve_device
+from ..configuration_bashgpt import BashGPTConfig
+from ..devices import device_memory_bytes, resolve_device
 from .flops import non_embedding_params, training_flops_per_token
 
 ACT_VALUES_PER_LAYER = 23.4  # stored activation values per token and layer, in units of d

@@ -11,7 +11,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from .modeling_bashgpt import apply_rotary_pos_emb, output_cache
+from ..modeling_bashgpt import apply_rotary_pos_emb, output_cache
 
 _PACKED = weakref.WeakKeyDictionary()  # model -> (weight versions, packed linears)
 

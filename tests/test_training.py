@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,12 +15,12 @@ from transformers import TrainerCallback
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
+from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
 from bashgpt.errors import UserError
-from bashgpt.modelio import load_model, save_model_folder
-from bashgpt.stability import clamp_loss
-from bashgpt.tokenization import default_tokenizer_dir, load_tokenizer
-from bashgpt.train import run_training
-from bashgpt.train_options import TrainOptions
+from bashgpt.inference.modelio import load_model, save_model_folder
+from bashgpt.training.options import TrainOptions
+from bashgpt.training.stability import clamp_loss
+from bashgpt.training.train import run_training
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,7 +145,7 @@ def test_run_that_keeps_failing_aborts_with_advice_and_keeps_best(tmp_path):
 def test_trainer_asks_for_the_fused_loss_per_call_only_while_training(tmp_path):
     from transformers import TrainingArguments
 
-    from bashgpt.stability import SafeTrainer
+    from bashgpt.training.trainer import SafeTrainer
 
     model = BashGPTForCausalLM(BashGPTConfig.from_preset("nano", max_position_embeddings=64))
     trainer = SafeTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]))
@@ -159,7 +160,7 @@ def test_trainer_asks_for_the_fused_loss_per_call_only_while_training(tmp_path):
 
 
 def test_skip_fraction_threshold():
-    from bashgpt.stability import SkipLedger
+    from bashgpt.training.stability import SkipLedger
 
     ledger = SkipLedger(max_fraction=0.05, max_consecutive=100)
     for step in range(1, 101):
@@ -207,7 +208,7 @@ def folder_snapshot(folder: Path) -> dict:
 
 
 def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
-    from bashgpt.recipe import main as recipe_main
+    from bashgpt.training.recipe import main as recipe_main
 
     run_training(options(tmp_path, num_epochs=1))
     before = folder_snapshot(tmp_path / "run")
@@ -254,7 +255,7 @@ def test_architecture_mismatch_is_refused_before_any_work(tmp_path, nano_checkpo
 @pytest.mark.parametrize("prefix, transpose, suffix", [("", False, ".pth"), ("_orig_mod.", False, ".pth"),
                                                        ("module.", True, ".pth"), ("", False, ".npz")])
 def test_legacy_checkpoints_import_with_names_mapped(tmp_path, nano_checkpoint, prefix, transpose, suffix):
-    from bashgpt.checkpoints import checkpoint_config, load_checkpoint_model
+    from bashgpt.training.checkpoints import checkpoint_config, load_checkpoint_model
 
     _, model = nano_checkpoint
     state = {}
@@ -282,7 +283,7 @@ class Exploit:
 
 
 def test_pth_with_pickled_code_is_refused(tmp_path):
-    from bashgpt.checkpoints import checkpoint_config
+    from bashgpt.training.checkpoints import checkpoint_config
 
     path = tmp_path / "evil.pth"
     torch.save({"transformer.wte.weight": torch.zeros(2, 2), "x": Exploit()}, path)
@@ -360,7 +361,7 @@ def test_compiled_training_runs(tmp_path):
 
 
 def test_estimate_parts_respond_to_the_options():
-    from bashgpt.estimate import estimate, fit_advice
+    from bashgpt.training.estimate import estimate, fit_advice
 
     base = estimate("tiny", 4, 512, device="cpu", measure=False)
     assert 137e6 < base.parameters < 138e6
@@ -384,8 +385,8 @@ def test_estimate_command(capsys):
 
 
 def test_advice_says_the_guides_warning_signs_plainly():
-    from bashgpt.stability import SkipLedger
-    from bashgpt.training_callbacks import Advice
+    from bashgpt.training.callbacks import Advice
+    from bashgpt.training.stability import SkipLedger
 
     said = []
     ledger = SkipLedger()
@@ -400,3 +401,19 @@ def test_advice_says_the_guides_warning_signs_plainly():
         ledger.record(step % 4 == 0, step)
     assert any("skipped for NaN/inf" in n for n in advice.advise(3.1, 0.9))
     assert not any("warning" in n for n in Advice(SkipLedger(), said.append).advise(3.0, 0.5))
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_console_shows_one_progress_line_and_one_line_per_validation(tmp_path, capsys, live):
+    run_training(options(tmp_path, progress=live))
+    err = capsys.readouterr().err
+    assert "{'loss'" not in err and "'epoch':" not in err  # no Trainer dict prints
+    validations = [line for line in err.splitlines() if "validation loss" in line]
+    assert len(validations) == 2, validations
+    assert "step 3/6, end of epoch 1/2: validation loss" in validations[0] and "perplexity" in validations[0]
+    assert "step 6/6, end of epoch 2/2: validation loss" in validations[1]
+    if live:  # a tqdm bar over optimizer steps, the guide's epoch, loss, lr and throughput beside it
+        assert re.search(r"train 100%\|.*\| 6/6 steps, epoch 2/2 · loss \d+\.\d{3} · lr [\d.e+-]+ · [\d,]+ tok/s · ETA 00:00", err)
+    else:  # one plain line per log event, for log files
+        lines = [line for line in err.splitlines() if line.startswith("[bashgpt] step ") and "ETA" in line]
+        assert lines and re.search(r"step 6/6 · epoch 2/2 · loss \d+\.\d{3} · lr \S+ · [\d,]+ tok/s · ETA 0:00", lines[-1])

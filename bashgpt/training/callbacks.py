@@ -7,23 +7,19 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .devices import peak_memory_bytes
+from ..devices import peak_memory_bytes
 
 
 class EpochBoundary(TrainerCallback):
     """An epoch is ``steps_per_epoch`` optimizer steps: evaluate and checkpoint at the end of each."""
 
-    def __init__(self, steps_per_epoch: int, num_epochs: int, say):
+    def __init__(self, steps_per_epoch: int):
         self.steps_per_epoch = steps_per_epoch
-        self.num_epochs = num_epochs
-        self.say = say
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.steps_per_epoch == 0:
             control.should_evaluate = True
             control.should_save = True
-            self.say(f"epoch {state.global_step // self.steps_per_epoch}/{self.num_epochs} done "
-                     f"(step {state.global_step}/{state.max_steps})")
         return control
 
 
@@ -76,7 +72,7 @@ class BestModelSaver(TrainerCallback):
 
 
 class Advice(TrainerCallback):
-    """The guide's good and warning signs, said plainly at each evaluation."""
+    """The guide's warning signs, said plainly at each evaluation (the validation line itself is progress.py's)."""
 
     def __init__(self, ledger, say):
         self.ledger = ledger
@@ -97,7 +93,7 @@ class Advice(TrainerCallback):
             self.say(line)
 
     def advise(self, loss: float, progress: float) -> list[str]:
-        notes = [f"validation loss {loss:.3f} (perplexity {math.exp(min(loss, 50)):.1f})"]
+        notes = []
         if not math.isfinite(loss):
             notes.append("warning: validation loss is not finite; lower --learning-rate or raise --warmup-steps")
         elif len(self.eval_losses) >= 2 and loss > self.eval_losses[-2] * 1.01:

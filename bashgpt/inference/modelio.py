@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -103,7 +103,7 @@ def load_model(path: str | Path, dtype=None):
     """Load a bashgpt model folder (safetensors only); damaged weights are a clear error."""
     from safetensors import SafetensorError
 
-    from . import BashGPTForCausalLM
+    from .. import BashGPTForCausalLM
 
     path = check_model_folder(path)
     try:
@@ -116,7 +116,7 @@ def load_model(path: str | Path, dtype=None):
 
 def load_model_and_tokenizer(path: str | Path, dtype=None):
     """A model folder and the tokenizer saved beside it; checks they belong together."""
-    from .tokenization import load_tokenizer
+    from ..data.tokenization import load_tokenizer
 
     path = check_model_folder(path)
     if not (path / "tokenizer.json").is_file():

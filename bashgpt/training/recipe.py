@@ -3,12 +3,12 @@
 import argparse
 import sys
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def main(stage: str, doc: str | None = None, argv: list[str] | None = None) -> int:
+    from .options import add_train_arguments, options_from_args
     from .train import run_training
-    from .train_options import add_train_arguments, options_from_args
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     args = add_train_arguments(parser, stage=stage).parse_args(argv)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, TextStreamer
 
+from ..errors import UserError
 from .decoding import fast_decode, sampler
-from .errors import UserError
 from .shellcheck import bash_parse, shellcheck
 
 

@@ -3,9 +3,9 @@
 import argparse
 from dataclasses import dataclass, fields
 
-from .configuration_bashgpt import PRESETS
-from .corpus import STDLIB, TINYSTORIES
-from .devices import DEVICES
+from ..configuration_bashgpt import PRESETS
+from ..data.corpus import STDLIB, TINYSTORIES
+from ..devices import DEVICES
 
 STAGES = ("language", "code")
 

@@ -22,22 +22,24 @@ import torch
 from transformers import TrainingArguments, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import BashGPTConfig, BashGPTForCausalLM
-from .cache_dirs import packed_cache_dir
+from .. import BashGPTConfig, BashGPTForCausalLM
+from ..data.cache_dirs import packed_cache_dir
+from ..data.corpus import load_corpus
+from ..data.packing import packed_splits, split_stats
+from ..data.tokenization import default_tokenizer_dir, load_tokenizer
+from ..devices import choose_precision, resolve_device
+from ..errors import UserError
+from ..inference.modelio import save_model_folder
+from .callbacks import Advice, BestModelSaver, EpochBoundary, JsonlLog
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
-from .corpus import load_corpus
 from .cpu_memory import keep_large_allocations_on_heap
-from .devices import choose_precision, resolve_device
-from .errors import UserError
 from .estimate import estimate, fit_advice
-from .modelio import save_model_folder
-from .packing import packed_splits, split_stats
+from .options import LOSS_TARGETS, TrainOptions
+from .progress import ProgressLine
 from .report import model_card, plot_training_curves
 from .run_safety import OOM_ADVICE, GracefulStop, Interrupted, describe_os_error, is_out_of_memory, recover_staging
-from .stability import NAN_ADVICE, SafeTrainer, SkipLedger
-from .tokenization import default_tokenizer_dir, load_tokenizer
-from .train_options import LOSS_TARGETS, TrainOptions
-from .training_callbacks import Advice, BestModelSaver, EpochBoundary, JsonlLog
+from .stability import NAN_ADVICE, SkipLedger
+from .trainer import SafeTrainer
 
 # Options that may differ between a run and its --resume without making it another run.
 RESUME_MUTABLE = {"resume", "overwrite", "progress", "num_proc", "cache_dir", "device", "use_compile"}
@@ -50,12 +52,14 @@ class Run:
         self.dir = output_dir
         self.is_main = is_main
 
-    def say(self, message: str) -> None:
+    def say(self, message: str, console: bool = True) -> None:
+        """Print (above any live progress line) and keep in OUTPUT/train.log; ``console=False``: the log only."""
         if not self.is_main:
             return
-        from tqdm.auto import tqdm
+        if console:
+            from tqdm.auto import tqdm
 
-        tqdm.write(f"[bashgpt] {message}", file=sys.stderr)
+            tqdm.write(f"[bashgpt] {message}", file=sys.stderr)
         with open(self.dir / "train.log", "a") as f:
             f.write(message + "\n")
 
@@ -281,19 +285,23 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info))
         (best_dir / "bashgpt_best.json").write_text(json.dumps({"step": state.global_step, "eval_loss": loss}))
         (best_dir / "bashgpt_training.json").write_text(json.dumps(lineage, indent=2) + "\n")
-        run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}")
+        run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}", console=False)
 
     best_loss = math.inf
     if resume_from and (best_dir / "bashgpt_best.json").is_file():
         best_loss = json.loads((best_dir / "bashgpt_best.json").read_text())["eval_loss"]
     tokens_per_step = effective_batch * opts.seq_len
-    callbacks = [EpochBoundary(opts.steps_per_epoch, opts.num_epochs, run.say),
-                 JsonlLog(out / "log.jsonl", tokens_per_step, opts.steps_per_epoch, device, ledger, run.is_main), advice,
+    progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, tokens_per_step, run.say, opts.progress,
+                            run.is_main, best_loss)
+    callbacks = [EpochBoundary(opts.steps_per_epoch),
+                 JsonlLog(out / "log.jsonl", tokens_per_step, opts.steps_per_epoch, device, ledger, run.is_main),
+                 progress, advice,
                  BestModelSaver(save_best, run.is_main, best_loss), *extra_callbacks]
     stopper = GracefulStop(run.say)
     trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
                           data_collator=default_data_collator, processing_class=tokenizer,
                           callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger)
+    progress.replace_trainers_printing(trainer)
     train_guarded(trainer, stopper, resume_from, out)
 
     if run.is_main and not ledger.abort_reason and not (best_dir / "config.json").is_file():

@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .errors import UserError
+from ..errors import UserError
 from .stability import all_processes_agree
 
 STAGING = ".staging"

@@ -1,0 +1,1 @@
+"""Data: collect bash scripts, read corpora, tokenize, pack into fixed-length blocks."""

@@ -1,0 +1,1 @@
+"""Inference: load a model folder, generate and check bash, evaluate, export."""

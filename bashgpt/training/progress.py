@@ -1,0 +1,148 @@
+"""The console of a training run: one live progress line, and one readable line per validation.
+
+Trainer's own ``ProgressCallback`` prints every log as a Python dict between its bars, and its
+"epoch" is a pass over the data; ours is ``--steps-per-epoch`` optimizer steps, as in the guide.
+``ProgressLine`` replaces it (and ``PrinterCallback``, its no-bar twin). Everything Trainer logs
+still goes to ``log.jsonl`` (callbacks.JsonlLog).
+
+    train  42%|████▏       | 420/1000 steps, epoch 3/5 · loss 2.914 · lr 5.8e-05 · 4,520 tok/s · ETA 04:22
+    [bashgpt] step 400/1000, end of epoch 2/5: validation loss 3.021 (perplexity 20.5), best so far
+"""
+
+import math
+import sys
+import time
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import logging as hf_logging
+
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} steps{postfix} · ETA {remaining}"
+
+
+def guide_epoch(step: int, steps_per_epoch: int, num_epochs: int) -> int:
+    """The epoch (1-based) that optimizer step ``step + 1`` belongs to, capped at the last one."""
+    return min(step // steps_per_epoch + 1, num_epochs)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressLine(TrainerCallback):
+    """Live line: step/total, guide epoch, loss, lr, tokens/s, ETA. Without a bar (``--no-progress``),
+    the same facts as one plain line per log event, for log files."""
+
+    def __init__(self, steps_per_epoch: int, num_epochs: int, tokens_per_step: int, say, live: bool,
+                 is_main: bool, best_loss: float = math.inf):
+        self.steps_per_epoch = steps_per_epoch
+        self.num_epochs = num_epochs
+        self.tokens_per_step = tokens_per_step
+        self.say = say
+        self.live = live
+        self.is_main = is_main
+        self.best_loss = best_loss
+        self.bar = None
+        self.eval_bar = None
+        self.start = (0.0, 0)  # (time, step) when this process began training: the ETA excludes resumed steps
+        self.step_began = 0.0
+        self.window = [0.0, 0]  # seconds spent in optimizer steps and steps taken since the last log
+        self.tokens_per_s = None
+        self.hf_bars_were_on = True
+
+    @staticmethod
+    def replace_trainers_printing(trainer) -> None:
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+
+    def rate(self, step: int) -> float:
+        """Optimizer steps per second since this process started training, validation and saving included."""
+        t0, s0 = self.start
+        return (step - s0) / max(time.perf_counter() - t0, 1e-9)
+
+    def facts(self, state, logs: dict) -> list[str]:
+        step = state.global_step
+        out = [f"epoch {guide_epoch(step, self.steps_per_epoch, self.num_epochs)}/{self.num_epochs}"]
+        if "loss" in logs and math.isfinite(logs["loss"]):
+            out.append(f"loss {logs['loss']:.3f}")
+        if "learning_rate" in logs:
+            out.append(f"lr {logs['learning_rate']:.1e}")
+        seconds, steps = self.window
+        if steps:  # throughput of the training steps themselves, since the last log
+            self.tokens_per_s = steps * self.tokens_per_step / max(seconds, 1e-9)
+            self.window = [0.0, 0]
+        if self.tokens_per_s is not None:
+            out.append(f"{self.tokens_per_s:,.0f} tok/s")
+        return out
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = (time.perf_counter(), state.global_step)
+        # Transformers' own "Writing model shards" bars would cut through ours at every save.
+        self.hf_bars_were_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        if self.is_main and self.live:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", bar_format=BAR_FORMAT,
+                            dynamic_ncols=True, file=sys.stderr)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.window[0] += time.perf_counter() - self.step_began
+        self.window[1] += 1
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.is_main or not logs or "loss" not in logs:
+            return
+        facts = self.facts(state, logs)
+        if self.bar is not None:
+            self.bar.set_postfix_str(" · ".join(facts), refresh=True)
+            return
+        rate = self.rate(state.global_step)
+        left = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
+        eta = f"ETA {format_duration(left)}" if math.isfinite(left) else "ETA ?"
+        self.say(" · ".join([f"step {state.global_step}/{state.max_steps}", *facts, eta]))
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if self.bar is None or eval_dataloader is None or not hasattr(eval_dataloader, "__len__"):
+            return
+        if self.eval_bar is None:
+            from tqdm.auto import tqdm
+
+            self.eval_bar = tqdm(total=len(eval_dataloader), desc="validate", leave=False, dynamic_ncols=True,
+                                 file=sys.stderr)
+        self.eval_bar.update(1)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.eval_bar is not None:
+            self.eval_bar.close()
+            self.eval_bar = None
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None or not self.is_main:
+            return
+        self.say(self.validation_line(state.global_step, state.max_steps, loss))
+
+    def validation_line(self, step: int, max_steps: int, loss: float) -> str:
+        epoch = guide_epoch(max(step - 1, 0), self.steps_per_epoch, self.num_epochs)
+        where = f"end of epoch {epoch}/{self.num_epochs}" if step % self.steps_per_epoch == 0 else \
+            f"epoch {epoch}/{self.num_epochs}"
+        line = f"step {step}/{max_steps}, {where}: validation loss {loss:.3f}"
+        if math.isfinite(loss):
+            line += f" (perplexity {math.exp(min(loss, 50)):.1f})"
+            if loss < self.best_loss:
+                self.best_loss = loss
+                line += ", best so far"
+        return line
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.hf_bars_were_on:
+            hf_logging.enable_progress_bar()

@@ -1,0 +1,86 @@
+"""The package's shape: no import circles, and the model files stand alone (they are copied beside the weights)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import bashgpt
+
+PACKAGE = Path(bashgpt.__file__).resolve().parent
+MODEL_FILES = {"configuration_bashgpt", "modeling_bashgpt", "fused_loss"}
+
+
+def module_imports() -> dict[str, set[str]]:
+    """bashgpt module name -> the bashgpt modules it imports anywhere in its body (lazy imports included)."""
+    files = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = ["bashgpt", *path.relative_to(PACKAGE).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        files[".".join(parts)] = path
+    graph = {}
+    for name, path in files.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                target = ".".join(base + (node.module.split(".") if node.module else []))
+                for alias in node.names:
+                    if f"{target}.{alias.name}" in files:
+                        deps.add(f"{target}.{alias.name}")
+                    elif target in files:
+                        deps.add(target)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in files}
+        graph[name] = deps - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        # The package __init__ only re-exports the model; importing names from it is not a circle.
+        for dep in sorted(graph[node] - {"bashgpt"}):
+            if state.get(dep) == "open":
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_circles():
+    graph = module_imports()
+    assert {"bashgpt.data.corpus", "bashgpt.training.train", "bashgpt.inference.generate"} <= set(graph)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_model_files_import_only_each_other():
+    """Remote code loads these three files from a model folder, where the rest of bashgpt is absent."""
+    graph = module_imports()
+    for name in MODEL_FILES:
+        assert graph[f"bashgpt.{name}"] <= {f"bashgpt.{m}" for m in MODEL_FILES}, name
+
+
+def test_every_subpackage_is_packaged():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    declared = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert on_disk == declared
