@@ -83,12 +83,23 @@ def train_step_fn(model, dtype, batch, seq):
     return step
 
 
+def bf16_emulated(dtype, peaks, what) -> bool:
+    """True (and says so) for bf16 on a CPU without bf16 instructions: minutes per step, and no figure means anything."""
+    if dtype == "bf16" and peaks["bf16"] < peaks["fp32"]:
+        print(f"{what} bf16: skipped, this CPU emulates bf16 ({peaks['bf16']:.0f} against {peaks['fp32']:.0f} "
+              "GFLOP/s fp32)", flush=True)
+        return True
+    return False
+
+
 def bench_train(sizes, dtypes, reps, peaks):
     rows = []
     for size in sizes:
         batch, seq = (4, 512) if size == "tiny" else (8, 256)
         cfg = BashGPTConfig.from_preset(size)
         for dtype in dtypes:
+            if bf16_emulated(dtype, peaks, f"train {size}"):
+                continue
             torch.manual_seed(0)
             ours = BashGPTForCausalLM(cfg)
             ours.config.fused_lm_loss = True  # as bashgpt's training runs it
@@ -120,51 +131,76 @@ def bench_train(sizes, dtypes, reps, peaks):
     return rows
 
 
-def decode_runners(ours, twin, prompt, new_tokens, kwargs):
-    return {
-        "bashgpt": lambda: fast_greedy_decode(ours, prompt, new_tokens),  # what `bashgpt generate` runs
-        "bashgpt generate()": lambda: ours.generate(prompt, **kwargs),
-        "GPT2LMHeadModel.generate": lambda: twin.generate(prompt, **kwargs),
-    }
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DECODE_CASES = (("greedy", 1), ("sample", 1), ("greedy", 4), ("sample", 4))
 
 
-def bench_decode(sizes, reps, new_tokens=128, prompt_len=32):
+def cpu_description() -> str:
+    """The CPU model, and whether it has AMX / AVX512-BF16 (bf16 matmuls in hardware)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:  # macOS and others
+        pass
+    has = [name for name, flag in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")) if flag in flags]
+    return f"{model} ({', '.join(has) if has else 'no AMX, no AVX512-BF16'})"
+
+
+def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
+    """model.generate() (what pipeline calls) against GPT2LMHeadModel.generate at the same dimensions, greedy and
+    sampling, batch 1 and 4; plus the CLI's decode loop at batch 1. Greedy tokens are checked against plain
+    GenerationMixin.generate (no packed weights)."""
+    from transformers import GenerationMixin
+
     rows = []
     for size in sizes:
-        cfg = BashGPTConfig.from_preset(size)
-        torch.manual_seed(0)
-        ours = BashGPTForCausalLM(cfg).eval().to(torch.bfloat16)
-        twin = gpt2_twin(cfg).eval().to(torch.bfloat16)
-        prompt = torch.randint(2, cfg.vocab_size, (1, prompt_len))
-        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        runners = decode_runners(ours, twin, prompt, new_tokens, kwargs)
-        with torch.inference_mode():
-            short = dict(kwargs, max_new_tokens=16, min_new_tokens=16)
-            same = torch.equal(fast_greedy_decode(ours, prompt, 16), ours.generate(prompt, **short))
-            for fn in runners.values():
-                fn()
-            times = {name: [] for name in runners}
-            for _ in range(reps):
-                for name, fn in runners.items():
-                    t = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t)
-        model_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
-        bw = statistics.median(read_bandwidth())
-        bound = bw * 1e9 / model_bytes
-        result = {"size": size, "dtype": "bf16", "new_tokens": new_tokens, "bandwidth_GBps": bw,
-                  "bound_tokens_per_s": bound, "fast_path_matches_generate": same}
-        for name, ts in times.items():
-            tps = [new_tokens / t for t in ts]
-            result[name] = {"tokens_per_s": median_minmax(tps), "share_of_bound": statistics.median(tps) / bound}
-        result["ratio"] = (result["bashgpt"]["tokens_per_s"]["median"]
-                           / result["GPT2LMHeadModel.generate"]["tokens_per_s"]["median"])
-        rows.append(result)
-        print(f"decode {size} bf16: bashgpt {result['bashgpt']['tokens_per_s']['median']:.0f} tok/s "
-              f"({result['bashgpt']['share_of_bound']:.0%} of the {bound:.0f} tok/s bandwidth bound), generate() "
-              f"{result['bashgpt generate()']['tokens_per_s']['median']:.0f}, GPT2.generate "
-              f"{result['GPT2LMHeadModel.generate']['tokens_per_s']['median']:.0f}, ratio {result['ratio']:.2f}x",
-              flush=True)
+        for dtype in dtypes:
+            if bf16_emulated(dtype, peaks, f"decode {size}"):
+                continue
+            cfg = BashGPTConfig.from_preset(size)
+            torch.manual_seed(0)
+            ours = BashGPTForCausalLM(cfg).eval().to(DTYPES[dtype])
+            twin = gpt2_twin(cfg).eval().to(DTYPES[dtype])
+            model_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+            bw = statistics.median(read_bandwidth())
+            for mode, batch in DECODE_CASES:
+                prompt = torch.randint(2, cfg.vocab_size, (batch, prompt_len))
+                kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
+                              do_sample=mode == "sample", **({"temperature": 0.8, "top_p": 0.95} if mode == "sample" else {}))
+                runners = {"generate()": lambda m=ours, p=prompt, k=kwargs: m.generate(p, **k),
+                           "GPT2": lambda m=twin, p=prompt, k=kwargs: m.generate(p, **k)}
+                if (mode, batch) == ("greedy", 1):
+                    runners["CLI loop"] = lambda m=ours, p=prompt: fast_greedy_decode(m, p, new_tokens)
+                with torch.inference_mode():
+                    same = None
+                    if mode == "greedy":
+                        plain = GenerationMixin.generate(ours, prompt, **kwargs)
+                        same = torch.equal(runners["generate()"](), plain) and (
+                            "CLI loop" not in runners or torch.equal(runners["CLI loop"](), plain))
+                    short = dict(kwargs, max_new_tokens=8, min_new_tokens=8)
+                    ours.generate(prompt, **short), twin.generate(prompt, **short)  # warm-up
+                    times = {name: [] for name in runners}
+                    for _ in range(reps):
+                        for name, fn in runners.items():
+                            t = time.perf_counter()
+                            fn()
+                            times[name].append(time.perf_counter() - t)
+                row = {"size": size, "dtype": dtype, "mode": mode, "batch": batch, "new_tokens": new_tokens,
+                       "bandwidth_GBps": bw, "bound_tokens_per_s": bw * 1e9 / model_bytes * batch,
+                       "greedy_identical_to_plain_generate": same}
+                for name, ts in times.items():
+                    row[name] = median_minmax([batch * new_tokens / t for t in ts])
+                row["ratio"] = row["generate()"]["median"] / row["GPT2"]["median"]
+                rows.append(row)
+                loop = f", CLI loop {row['CLI loop']['median']:.0f}" if "CLI loop" in row else ""
+                print(f"decode {size} {dtype} {mode} batch {batch}: generate() {row['generate()']['median']:.0f} tok/s, "
+                      f"GPT2.generate {row['GPT2']['median']:.0f}, ratio {row['ratio']:.2f}x{loop}"
+                      + ("" if same is None else f", greedy identical: {same}"), flush=True)
     return rows
 
 
@@ -220,14 +256,19 @@ def write_markdown(results, path):
                          f" | {b['mfu']:.0%} | {r['ratio']:.2f}x |")
         lines.append("")
     if results.get("decode"):
-        lines += ["## Decoding (batch 1, greedy, 128 new tokens, bf16 weights)", "",
-                  "| size | bashgpt tok/s | share of bound | bashgpt generate() | GPT2LMHeadModel.generate | ratio | bound |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["## Decoding (128 new tokens after a 32-token prompt; tokens/s over the whole batch)", "",
+                  "`generate()` is `BashGPTForCausalLM.generate`, what `pipeline` calls; the CLI loop is what "
+                  "`bashgpt generate` runs for one prompt. Identical: greedy tokens equal plain "
+                  "`GenerationMixin.generate` without packed weights.", "",
+                  "| size | dtype | mode | batch | generate() tok/s | GPT2LMHeadModel.generate | ratio | CLI loop | "
+                  "identical | bandwidth bound |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in results["decode"]:
-            lines.append(f"| {r['size']} | {r['bashgpt']['tokens_per_s']['median']:.0f} | "
-                         f"{r['bashgpt']['share_of_bound']:.0%} | {r['bashgpt generate()']['tokens_per_s']['median']:.0f} | "
-                         f"{r['GPT2LMHeadModel.generate']['tokens_per_s']['median']:.0f} | {r['ratio']:.2f}x | "
-                         f"{r['bound_tokens_per_s']:.0f} tok/s at {r['bandwidth_GBps']:.0f} GB/s |")
+            loop = f"{r['CLI loop']['median']:.0f}" if "CLI loop" in r else ""
+            same = {None: "", True: "yes", False: "**no**"}[r["greedy_identical_to_plain_generate"]]
+            lines.append(f"| {r['size']} | {r['dtype']} | {r['mode']} | {r['batch']} | {r['generate()']['median']:.0f} "
+                         f"[{r['generate()']['min']:.0f}-{r['generate()']['max']:.0f}] | {r['GPT2']['median']:.0f} | "
+                         f"{r['ratio']:.2f}x | {loop} | {same} | {r['bound_tokens_per_s']:.0f} tok/s at "
+                         f"{r['bandwidth_GBps']:.0f} GB/s |")
         lines.append("")
     if results.get("data"):
         d = results["data"]
@@ -252,7 +293,7 @@ def main():
         from bashgpt.training.cpu_memory import keep_large_allocations_on_heap
 
         keep_large_allocations_on_heap()  # what bashgpt's training does; both models benefit
-    results = {"no_heap": args.no_heap, "argv": sys.argv[1:], "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    results = {"no_heap": args.no_heap, "argv": sys.argv[1:], "machine": f"{cpu_description()}, {os.cpu_count()} cores",
                "torch": torch.__version__, "threads": torch.get_num_threads(), "reps": args.reps}
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     results["peak"] = dict(peaks, bandwidth_GBps=median_minmax(read_bandwidth()))
@@ -261,7 +302,7 @@ def main():
     if "train" in args.only:
         results["train"] = bench_train(args.sizes, args.dtypes, args.reps, peaks)
     if "decode" in args.only:
-        results["decode"] = bench_decode(args.sizes, args.reps)
+        results["decode"] = bench_decode(args.sizes, args.dtypes, args.reps, peaks)
     if "data" in args.only:
         results["data"] = bench_data(args.reps)
     Path(args.out + ".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -291,3 +291,33 @@ def test_collect_from_the_hub_offline_is_one_line(tmp_path, capsys, monkeypatch)
     assert main(["collect", "hub:someone/bash-scripts:content", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "someone/bash-scripts" in err and "\n" not in err
+
+
+def _window(start: int, stop: int) -> str:
+    return "#!/bin/bash\n" + "\n".join(f"echo word{i}" for i in range(start, stop)) + "\n"
+
+
+def test_near_dedup_drops_only_files_similar_to_a_kept_file():
+    """A~B and B~C (Jaccard 0.81) but A and C apart (0.66): B goes, C stays (union-find chaining dropped C too)."""
+    from bashgpt.data.collect import jaccard, near_duplicates, shingles
+
+    a, b, c = _window(0, 100), _window(10, 110), _window(20, 120)
+    assert jaccard(shingles(a), shingles(b)) > 0.8 and jaccard(shingles(b), shingles(c)) > 0.8
+    assert jaccard(shingles(a), shingles(c)) < 0.7
+    assert near_duplicates([a, b, c]) == [None, 0, None]
+    assert near_duplicates([a, a.replace("word3\n", "word3 \n"), _window(500, 600)]) == [None, 0, None]
+
+
+def test_near_dedup_verifies_every_candidate_pair(monkeypatch):
+    """LSH only proposes candidates: even when it proposes every kept file, a file whose true Jaccard with each
+    of them is below the threshold is kept."""
+    import datasketch
+
+    from bashgpt.data.collect import jaccard, near_duplicates, shingles
+
+    a, c = _window(0, 75), _window(25, 100)
+    assert 0.43 <= jaccard(shingles(a), shingles(c)) < 0.7
+    inserted = []
+    monkeypatch.setattr(datasketch.MinHashLSH, "insert", lambda self, key, mh, *args, **kw: inserted.append(key))
+    monkeypatch.setattr(datasketch.MinHashLSH, "query", lambda self, mh: list(inserted))
+    assert near_duplicates([a, c, _window(0, 74)]) == [None, None, 0]

@@ -181,7 +181,8 @@ def test_save_and_load_is_bit_exact(tmp_path, norm, pos):
     model = BashGPTForCausalLM(small_config(norm_type=norm, position_embedding_type=pos)).eval()
     model.save_pretrained(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert {"config.json", "model.safetensors", "configuration_bashgpt.py", "modeling_bashgpt.py"} <= set(names)
+    assert {"config.json", "model.safetensors", "configuration_bashgpt.py", "modeling_bashgpt.py", "fused_loss.py",
+            "packed_linear.py"} <= set(names)  # the model's code, for trust_remote_code
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_bashgpt.BashGPTForCausalLM"
@@ -332,3 +333,38 @@ def test_fused_loss_is_the_same_for_any_chunk_size():
         torch.testing.assert_close(loss, reference)
         torch.testing.assert_close(gh, results[0][1])
         torch.testing.assert_close(gw, results[0][2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_generate_on_packed_weights_gives_the_same_tokens(monkeypatch, dtype):
+    """generate() runs the linears on oneDNN-packed weights where the CPU can pack this dtype; greedy tokens,
+    seeded samples and left-padded batches stay what plain GenerationMixin.generate gives."""
+    from transformers import GenerationMixin
+
+    from bashgpt import packed_linear
+
+    model = BashGPTForCausalLM(small_config(hidden_size=64, num_attention_heads=4, vocab_size=512,
+                                            max_position_embeddings=128)).eval().to(dtype)
+    calls = []
+    real = packed_linear.packed_linear
+    monkeypatch.setattr(packed_linear, "packed_linear", lambda *a: calls.append(1) or real(*a))
+    can_pack = bool(packed_linear.packed_weights(model))
+    if dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        assert can_pack  # every x86/arm64 CPU build packs fp32; bf16 needs AVX512-BF16/AMX or similar
+    ids = torch.randint(2, 512, (1, 12))
+    padded, mask = _left_padded_batch()
+    cases = [dict(input_ids=ids, do_sample=False), dict(input_ids=padded, attention_mask=mask, do_sample=False),
+             dict(input_ids=ids, do_sample=True, temperature=0.8, top_p=0.95)]
+    for kwargs in cases:
+        kwargs.update(max_new_tokens=40, pad_token_id=0)
+        torch.manual_seed(3)
+        plain = GenerationMixin.generate(model, **kwargs)
+        torch.manual_seed(3)
+        assert torch.equal(model.generate(**kwargs), plain), kwargs
+    assert bool(calls) == can_pack
+    assert not any("forward" in vars(m) for m in model.modules())  # the plain forwards are back
+
+    with torch.no_grad():  # a changed weight is re-packed, not served stale
+        model.lm_head.weight.mul_(-1)
+    assert torch.equal(model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0),
+                       GenerationMixin.generate(model, ids, max_new_tokens=10, do_sample=False, pad_token_id=0))

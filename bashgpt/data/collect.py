@@ -350,36 +350,47 @@ def normalised_hash(text: str) -> str:
     return hashlib.sha256("".join(text.split()).encode("utf-8")).hexdigest()
 
 
-def near_duplicate_clusters(texts: list[str], threshold: float = 0.7, num_perm: int = 256, ngram: int = 5):
-    """Cluster ids from MinHash LSH over word 5-gram shingles (BigCode's settings), union-find."""
+def shingles(text: str, ngram: int = 5) -> frozenset[int]:
+    """Word ``ngram``-grams of a text, as 64-bit hashes (stable across processes, so dedup is reproducible)."""
+    words = re.findall(r"\S+", text)
+    return frozenset(int.from_bytes(hashlib.blake2b(" ".join(words[j:j + ngram]).encode(), digest_size=8).digest(),
+                                    "little") for j in range(max(len(words) - ngram + 1, 1)))
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def near_duplicates(texts: list[str], threshold: float = 0.7, num_perm: int = 256) -> list[int | None]:
+    """For each text, the index of an earlier *kept* text it is a near-duplicate of, or None to keep it.
+
+    MinHash LSH over word 5-gram shingles (BigCode's settings) proposes candidates; each candidate's
+    true Jaccard similarity is then computed, and a text is dropped only when it is at least
+    ``threshold`` similar to a text that is kept. No clusters are chained: A~B and B~C with A and C
+    apart drops B only.
+    """
     import numpy as np
     from datasketch import MinHash, MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    parent = list(range(len(texts)))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    kept_shingles: dict[int, frozenset] = {}
+    verdicts: list[int | None] = []
     for i, text in enumerate(texts):
-        words = re.findall(r"\S+", text)
-        shingles = {" ".join(words[j:j + ngram]) for j in range(max(len(words) - ngram + 1, 1))}
+        mine = shingles(text)
         mh = MinHash(num_perm=num_perm, seed=1)
-        mh.update_batch([s.encode("utf-8") for s in shingles])
+        mh.update_batch([s.to_bytes(8, "little") for s in mine])
         mh.hashvalues = np.asarray(mh.hashvalues)
-        for j in lsh.query(mh):
-            ri, rj = find(i), find(int(j))
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)
-        lsh.insert(str(i), mh)
-    return [find(i) for i in range(len(texts))]
+        twin = next((j for j in sorted(int(k) for k in lsh.query(mh)) if jaccard(mine, kept_shingles[j]) >= threshold),
+                    None)
+        verdicts.append(twin)
+        if twin is None:
+            lsh.insert(str(i), mh)
+            kept_shingles[i] = mine
+    return verdicts
 
 
 def deduplicate(scripts: list[Script], report: Report, near_threshold: float = 0.7) -> list[Script]:
-    """Exact dedup on whitespace-normalised content, then MinHash near-dedup; keeps the first of each group."""
+    """Exact dedup on whitespace-normalised content, then near-dedup against kept files (``near_duplicates``)."""
     scripts = sorted(scripts, key=lambda s: (s.source, s.project, s.path))
     seen, unique = set(), []
     for s in scripts:
@@ -389,8 +400,8 @@ def deduplicate(scripts: list[Script], report: Report, near_threshold: float = 0
             continue
         seen.add(h)
         unique.append(s)
-    clusters = near_duplicate_clusters([s.text for s in unique], threshold=near_threshold)
-    kept = [s for i, s in enumerate(unique) if clusters[i] == i]
+    verdicts = near_duplicates([s.text for s in unique], threshold=near_threshold)
+    kept = [s for s, twin in zip(unique, verdicts, strict=True) if twin is None]
     report.skipped["near_duplicate"] += len(unique) - len(kept)
     return kept
 

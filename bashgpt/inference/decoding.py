@@ -3,52 +3,30 @@ one pass through the blocks per token, with none of ``generate()``'s per-token b
 
 It computes exactly what the model's ``forward`` computes (same modules, same order), so
 greedy tokens match ``model.generate(do_sample=False)``; the tests check it. ``bashgpt
-generate`` uses it for single prompts; ``pipeline`` and ``generate()`` remain the general path.
+generate`` uses it for single prompts; ``model.generate()`` and ``pipeline`` (which share its
+packed weights, packed_linear.py) are the general path.
 """
-
-import weakref
 
 import torch
 import torch.nn.functional as F
 
 from ..modeling_bashgpt import apply_rotary_pos_emb, output_cache
-
-_PACKED = weakref.WeakKeyDictionary()  # model -> (weight versions, packed linears)
+from ..packed_linear import packed_linear, packed_weights
 
 
 class Linears:
-    """The model's linear layers for one-token steps: oneDNN-packed weights on CPU (about 2x faster
-    matrix-vector products in bf16, the same results), plain ``nn.Linear`` elsewhere."""
+    """The model's linear layers for one-token steps: oneDNN-packed weights on CPU where they apply
+    (packed_linear.py), plain ``nn.Linear`` elsewhere."""
 
     def __init__(self, model):
         self.modules = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        weight = next(iter(self.modules.values())).weight
-        self.packed = {}
-        if weight.device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                                          "_linear_pointwise"):
-            try:
-                self.packed = {name: torch.ops.mkldnn._reorder_linear_weight(m.weight, 1)
-                               for name, m in self.modules.items()}
-            except RuntimeError:  # a build without the packed path: use nn.Linear
-                self.packed = {}
+        self.packed = packed_weights(model)
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        module = self.modules[name]
         if self.packed:
-            flat = x.reshape(-1, x.shape[-1])
-            out = torch.ops.mkldnn._linear_pointwise(flat, self.packed[name], module.bias, "none", [], "")
-            return out.view(*x.shape[:-1], out.shape[-1])
-        return module(x)
-
-
-def linears_for(model) -> Linears:
-    """Packed linears of ``model``, rebuilt only when its weights changed."""
-    versions = tuple(p._version for p in model.parameters())
-    cached = _PACKED.get(model)
-    if cached is None or cached[0] != versions:
-        cached = (versions, Linears(model))
-        _PACKED[model] = cached
-    return cached[1]
+            module, packed = self.packed[name]
+            return packed_linear(x, packed, module.bias)
+        return self.modules[name](x)
 
 
 class StaticKV:
@@ -106,7 +84,7 @@ def fast_decode(model, input_ids: torch.Tensor, max_new_tokens: int, pick, eos_t
     length = input_ids.shape[1] + max_new_tokens
     dtype = next(model.parameters()).dtype
     cache = StaticKV(model, input_ids.shape[0], length, dtype, input_ids.device)
-    linear = linears_for(model)
+    linear = Linears(model)
     logits = prefill(model, input_ids, cache)
     ids = torch.empty((input_ids.shape[0], length), dtype=input_ids.dtype, device=input_ids.device)
     ids[:, :input_ids.shape[1]] = input_ids
