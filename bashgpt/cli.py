@@ -82,6 +82,13 @@ def cmd_generate(args):
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.trust_remote_code)
     sampling = sampling_from(args)
+    if args.json:
+        from .inference.generate import sample_record
+
+        for i in range(args.num_samples):
+            seed = None if args.seed is None else args.seed + i
+            print(json.dumps(sample_record(generate(model, tokenizer, prompt, sampling, seed=seed)[0])), flush=True)
+        return
     for i in range(args.num_samples):
         print(f"----- sample {i + 1} -----\n{prompt}", end="", flush=True)
         seed = None if args.seed is None else args.seed + i
@@ -209,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--check", action="store_true", help="run bash -n and ShellCheck on each sample (never executes it)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per sample instead of streaming: text "
+                   "(prompt included), ended (end of text was generated), parses (bash -n), shellcheck counts")
     add_sampling_arguments(p, 256)
     p.set_defaults(func=cmd_generate)
 

@@ -60,6 +60,22 @@ def test_generate_command_streams_and_checks(nano_dir, capsys):
     assert out.count("----- sample") == 2 and out.count("bash -n:") == 2 and out.count("shellcheck:") == 2
 
 
+def test_generate_json_writes_one_object_per_sample(nano_dir, capsys):
+    from bashgpt.inference.generate import Sample, sample_record
+
+    assert main(["generate", str(nano_dir), "--prompt", "#!/bin/sh\n", "--max-new-tokens", "8", "--seed", "1",
+                 "--num-samples", "2", "--json", "--device", "cpu"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert {"text", "ended", "parses", "shellcheck"} <= set(r) and r["text"].startswith("#!/bin/sh\n")
+        assert r["parses"] == bash_parse(r["text"]).ok and isinstance(r["ended"], bool)
+    good, bad = sample_record(Sample(GOOD, "", True)), sample_record(Sample(BAD, "", False))
+    assert good["parses"] and not bad["parses"] and good["ended"] and not bad["ended"]
+    if shellcheck_binary():
+        assert bad["shellcheck"]["error"] > 0 and good["shellcheck"]["error"] == 0
+
+
 def test_bash_checks_on_known_good_and_bad_scripts():
     assert bash_parse(GOOD).ok and not bash_parse(BAD).ok
     assert "unexpected end of file" in bash_parse(BAD).error or "syntax error" in bash_parse(BAD).error

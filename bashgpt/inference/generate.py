@@ -129,6 +129,15 @@ def check_report(text: str) -> list[str]:
     return lines
 
 
+def sample_record(sample: Sample) -> dict:
+    """One sample as a JSON-ready dict: the whole script, whether it ended by itself, whether it parses, and
+    ShellCheck's counts by level (``null`` without ShellCheck). Nothing is executed."""
+    sc = shellcheck(sample.script)
+    levels = ("error", "warning", "info", "style")
+    return {"text": sample.script, "ended": sample.ended, "parses": bash_parse(sample.script).ok,
+            "shellcheck": {level: sc.count(level) for level in levels} if sc.available else None}
+
+
 def print_samples(samples: list[Sample], check: bool, out=sys.stdout, streamed: bool = False) -> None:
     for i, s in enumerate(samples, 1):
         if not streamed:
