@@ -78,6 +78,8 @@ def cmd_generate(args):
             raise UserError(f"--prompt-file {args.prompt_file} is empty; put the opening of a script in it")
     else:
         prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
+    if not prompt:
+        raise UserError("the prompt is empty; pass --prompt TEXT (e.g. '#!/bin/bash') or a non-empty --prompt-file")
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.trust_remote_code)

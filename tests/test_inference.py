@@ -177,6 +177,9 @@ def test_not_a_model_folder_and_empty_prompt_file(nano_dir, tmp_path, capsys):
     (tmp_path / "p.txt").write_text("  \n")
     assert main(["generate", str(nano_dir), "--prompt-file", str(tmp_path / "p.txt")]) == 2
     assert "is empty" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "not-even-a-folder"), "--prompt", ""]) == 2  # refused before any loading
+    out = capsys.readouterr()
+    assert "prompt is empty" in out.err and out.out == ""
 
 
 def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
