@@ -67,7 +67,7 @@ def sampling_from(args):
 
 
 def cmd_generate(args):
-    from .inference.generate import check_report, generate
+    from .inference.generate import check_report, generate, sample_record
 
     if args.prompt_file:
         try:
@@ -84,16 +84,12 @@ def cmd_generate(args):
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.trust_remote_code)
     sampling = sampling_from(args)
-    if args.json:
-        from .inference.generate import sample_record
-
-        for i in range(args.num_samples):
-            seed = None if args.seed is None else args.seed + i
-            print(json.dumps(sample_record(generate(model, tokenizer, prompt, sampling, seed=seed)[0])), flush=True)
-        return
     for i in range(args.num_samples):
-        print(f"----- sample {i + 1} -----\n{prompt}", end="", flush=True)
         seed = None if args.seed is None else args.seed + i
+        if args.json:
+            print(json.dumps(sample_record(generate(model, tokenizer, prompt, sampling, seed=seed)[0])), flush=True)
+            continue
+        print(f"----- sample {i + 1} -----\n{prompt}", end="", flush=True)
         sample = generate(model, tokenizer, prompt, sampling, seed=seed, stream=sys.stdout)[0]
         if not sample.ended:
             print("\n  (stopped at --max-new-tokens before end of text)")

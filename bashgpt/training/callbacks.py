@@ -63,9 +63,12 @@ class BestModelSaver(TrainerCallback):
         self.is_main = is_main
         self.best_loss = best_loss
 
+    def improves(self, loss: float | None) -> bool:
+        return loss is not None and math.isfinite(loss) and loss < self.best_loss
+
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
-        if loss is not None and math.isfinite(loss) and loss < self.best_loss:
+        if self.improves(loss):
             self.best_loss = loss
             if self.is_main:
                 self.save(model, state)

@@ -36,14 +36,14 @@ class ProgressLine(TrainerCallback):
     the same facts as one plain line per log event, for log files."""
 
     def __init__(self, steps_per_epoch: int, num_epochs: int, tokens_per_step: int, say, live: bool,
-                 is_main: bool, best_loss: float = math.inf):
+                 is_main: bool, best=None):
         self.steps_per_epoch = steps_per_epoch
         self.num_epochs = num_epochs
         self.tokens_per_step = tokens_per_step
         self.say = say
         self.live = live
         self.is_main = is_main
-        self.best_loss = best_loss
+        self.best = best  # the BestModelSaver, asked (before it updates) whether a loss is a new best
         self.bar = None
         self.eval_bar = None
         self.start = (0.0, 0)  # (time, step) when this process began training: the ETA excludes resumed steps
@@ -135,9 +135,8 @@ class ProgressLine(TrainerCallback):
         line = f"step {step}/{max_steps}, {where}: validation loss {loss:.3f}"
         if math.isfinite(loss):
             line += f" (perplexity {math.exp(min(loss, 50)):.1f})"
-            if loss < self.best_loss:
-                self.best_loss = loss
-                line += ", best so far"
+        if self.best is not None and self.best.improves(loss):
+            line += ", best so far"
         return line
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -291,12 +291,12 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     if resume_from and (best_dir / "bashgpt_best.json").is_file():
         best_loss = json.loads((best_dir / "bashgpt_best.json").read_text())["eval_loss"]
     tokens_per_step = effective_batch * opts.seq_len
+    saver = BestModelSaver(save_best, run.is_main, best_loss)
     progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, tokens_per_step, run.say, opts.progress,
-                            run.is_main, best_loss)
+                            run.is_main, saver)  # before the saver in the list: it asks, then the saver updates
     callbacks = [EpochBoundary(opts.steps_per_epoch),
                  JsonlLog(out / "log.jsonl", tokens_per_step, opts.steps_per_epoch, device, ledger, run.is_main),
-                 progress, advice,
-                 BestModelSaver(save_best, run.is_main, best_loss), *extra_callbacks]
+                 progress, advice, saver, *extra_callbacks]
     stopper = GracefulStop(run.say)
     trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
                           data_collator=default_data_collator, processing_class=tokenizer,
