@@ -67,7 +67,7 @@ def sampling_from(args):
 
 
 def cmd_generate(args):
-    from .inference.generate import check_report, generate, sample_record
+    from .inference.generate import check_report, generate, rank, sample_record
 
     if args.prompt_file:
         try:
@@ -84,15 +84,26 @@ def cmd_generate(args):
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.trust_remote_code)
     sampling = sampling_from(args)
-    for i in range(args.num_samples):
-        seed = None if args.seed is None else args.seed + i
+    if args.no_guard and args.num_samples == 1 and not args.json:  # raw, one sample: stream it as it comes
+        print(f"----- sample -----\n{prompt}", end="", flush=True)
+        samples = generate(model, tokenizer, prompt, sampling, seed=args.seed, stream=sys.stdout)
+    else:
+        samples = generate(model, tokenizer, prompt, sampling, num_samples=args.num_samples, seed=args.seed,
+                           guard=not args.no_guard)
+        samples = rank(model, tokenizer, samples) if len(samples) > 1 else samples
+    for i, sample in enumerate(samples, 1):
         if args.json:
-            print(json.dumps(sample_record(generate(model, tokenizer, prompt, sampling, seed=seed)[0])), flush=True)
+            print(json.dumps({**sample_record(sample), "rank": i}), flush=True)
             continue
-        print(f"----- sample {i + 1} -----\n{prompt}", end="", flush=True)
-        sample = generate(model, tokenizer, prompt, sampling, seed=seed, stream=sys.stdout)[0]
+        if not (args.no_guard and args.num_samples == 1):
+            best = " (ranked: parses, then ShellCheck, then likelihood)" if len(samples) > 1 else ""
+            print(f"----- sample {i} of {len(samples)}{best} -----\n{sample.script}", end="")
+        print()
         if not sample.ended:
-            print("\n  (stopped at --max-new-tokens before end of text)")
+            print("  (stopped at --max-new-tokens before end of text" +
+                  ("; cut back to its last complete line)" if sample.guarded else ")"))
+        if not sample.good:
+            print("  NOT GOOD: " + ("nothing beyond the prompt parses" if sample.parses else "it does not parse"))
         if args.check:
             print("\n".join(check_report(sample.script)))
 
@@ -205,13 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="write bash with a trained model (streams; --check parses it, never runs it)")
+    p = sub.add_parser("generate", help="write bash with a trained model, line by line syntax-checked (never run)")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a saved model folder, e.g. runs/code-tiny/best")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="#!/bin/bash\n", help="the opening of the script (default: a bash shebang)")
     src.add_argument("--prompt-file", help="read the prompt from a file")
     p.add_argument("--escapes", action="store_true", help="interpret \\n and \\t in --prompt")
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="write N scripts and print them best first: those that parse, then fewer ShellCheck "
+                        "findings by severity, then the model's higher mean log-likelihood")
+    p.add_argument("--no-guard", action="store_true",
+                   help="raw sampling, streamed: no line-by-line syntax check (by default a line that breaks the "
+                        "script is sampled again, end of text comes only where the script parses, and a script "
+                        "that runs out of tokens is cut back to its last complete line)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--check", action="store_true", help="run bash -n and ShellCheck on each sample (never executes it)")
     p.add_argument("--json", action="store_true", help="print one JSON object per sample instead of streaming: text "

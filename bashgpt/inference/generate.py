@@ -1,10 +1,12 @@
 """Generate bash with a trained model, and check it without running it.
 
-Sampling runs in bashgpt's lean decode loop (decoding.py: preallocated KV cache, packed weights on
-CPU) with Transformers' own logits processors; ``pipeline`` / ``model.generate`` work too.
+By default each line is checked as it is written and a line that breaks the script is sampled
+again (syntax_guard.py, through ``model.generate``). Raw sampling (``guard=False``) runs in
+bashgpt's lean decode loop (decoding.py: preallocated KV cache, packed weights on CPU) with
+Transformers' own logits processors. Several samples are ranked: those that parse first, then by
+ShellCheck findings (errors, then warnings, then notes), then by the model's mean log-likelihood.
 """
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,7 @@ from transformers import GenerationConfig, TextStreamer
 from ..errors import UserError
 from .decoding import fast_decode, sampler
 from .shellcheck import bash_parse, shellcheck
+from .syntax_guard import LineChecker, guarded_generate
 
 
 @dataclass
@@ -42,15 +45,28 @@ class Sample:
     prompt: str
     completion: str
     ended: bool  # stopped at end of text (not at the token limit)
+    guarded: bool = False
+    rollbacks: int = 0  # lines the guard took back
+    mean_logprob: float | None = None  # the model's mean log-likelihood of the completion (set by rank())
 
     @property
     def script(self) -> str:
         return self.prompt + self.completion
 
+    @property
+    def parses(self) -> bool:
+        return bash_parse(self.script).ok
+
+    @property
+    def good(self) -> bool:
+        """It parses and the model wrote something (a guarded sample may be cut back to its prompt)."""
+        return bool(self.completion.strip()) and self.parses
+
 
 def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_samples: int = 1, seed: int | None = None,
-             stream=None) -> list[Sample]:
-    """``num_samples`` completions of ``prompt``; with ``stream`` (a file), tokens are written as they come."""
+             stream=None, guard: bool = False) -> list[Sample]:
+    """``num_samples`` completions of ``prompt``. With ``guard``, each line is checked as it is written
+    (syntax_guard.py); without, with ``stream`` (a file), tokens are written as they come."""
     if not prompt:
         raise UserError("the prompt is empty; pass --prompt TEXT or a non-empty --prompt-file")
     if seed is not None:
@@ -66,6 +82,12 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
     if learned:
         config.max_new_tokens = min(config.max_new_tokens, room)
     model.eval()
+    if guard:
+        n = enc["input_ids"].shape[1]
+        checker = LineChecker.for_tokenizer(tokenizer)
+        results = [guarded_generate(model, tokenizer, enc["input_ids"], config, checker) for _ in range(num_samples)]
+        return [Sample(prompt, tokenizer.decode(r.ids[n:], skip_special_tokens=True), r.ended, True, r.rollbacks)
+                for r in results]
     if model.config.model_type != "bashgpt":  # another model type (--trust-remote-code): its own generate()
         return [_generic_sample(model, tokenizer, prompt, enc, config, stream) for _ in range(num_samples)]
     samples = []
@@ -129,20 +151,37 @@ def check_report(text: str) -> list[str]:
     return lines
 
 
+LEVELS = ("error", "warning", "info", "style")
+
+
+@torch.no_grad()
+def mean_logprob(model, tokenizer, sample: Sample) -> float | None:
+    """The model's mean log-likelihood per token of the completion given the prompt (None when empty)."""
+    prompt_ids = tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(sample.script, add_special_tokens=False)["input_ids"]
+    if len(ids) <= len(prompt_ids):
+        return None
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:], device=device)[:, None])
+    return round(float(logp[len(prompt_ids) - 1:].mean()), 4)
+
+
+def rank(model, tokenizer, samples: list[Sample]) -> list[Sample]:
+    """Best first: good scripts (they parse, and say something), then fewer ShellCheck errors, warnings and
+    notes, then the model's higher mean log-likelihood. Nothing is executed."""
+    def key(sample: Sample):
+        sc = shellcheck(sample.script)
+        counts = [sc.count(level) for level in ("error", "warning")] + [sc.count("info") + sc.count("style")]
+        sample.mean_logprob = mean_logprob(model, tokenizer, sample)
+        return (not sample.good, *counts, -(sample.mean_logprob if sample.mean_logprob is not None else -1e9))
+    return sorted(samples, key=key)
+
+
 def sample_record(sample: Sample) -> dict:
     """One sample as a JSON-ready dict: the whole script, whether it ended by itself, whether it parses, and
     ShellCheck's counts by level (``null`` without ShellCheck). Nothing is executed."""
     sc = shellcheck(sample.script)
-    levels = ("error", "warning", "info", "style")
-    return {"text": sample.script, "ended": sample.ended, "parses": bash_parse(sample.script).ok,
-            "shellcheck": {level: sc.count(level) for level in levels} if sc.available else None}
-
-
-def print_samples(samples: list[Sample], check: bool, out=sys.stdout, streamed: bool = False) -> None:
-    for i, s in enumerate(samples, 1):
-        if not streamed:
-            out.write(f"----- sample {i} -----\n{s.script}\n")
-        if not s.ended:
-            out.write("  (stopped at --max-new-tokens before end of text)\n")
-        if check:
-            out.write("\n".join(check_report(s.script)) + "\n")
+    return {"text": sample.script, "ended": sample.ended, "parses": sample.parses, "good": sample.good,
+            "guarded": sample.guarded, "rollbacks": sample.rollbacks, "mean_logprob": sample.mean_logprob,
+            "shellcheck": {level: sc.count(level) for level in LEVELS} if sc.available else None}

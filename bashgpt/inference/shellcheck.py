@@ -3,6 +3,7 @@
 Nothing here executes a script: `bash -n` only parses, ShellCheck only reads.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -14,10 +15,17 @@ from dataclasses import dataclass, field
 BASH = shutil.which("bash")
 
 
+# bash's complaints when the input ends inside a construct (an open `if`, quote or here-document): the
+# script is unfinished, not broken. C locale, so that the messages are these words.
+_UNFINISHED = ("unexpected end of file", "unexpected EOF while looking for matching", "delimited by end-of-file")
+_C_LOCALE = {**os.environ, "LC_ALL": "C"}
+
+
 @dataclass
 class ParseResult:
     ok: bool
     error: str = ""  # first line of bash's complaint
+    unfinished: bool = False  # only the end of the input is wrong: some continuation would parse
 
 
 @dataclass
@@ -37,18 +45,24 @@ class ShellCheckResult:
         return self.error_free and self.count("warning") == 0
 
 
+@functools.lru_cache(maxsize=1024)
 def bash_parse(text: str, timeout: float = 10.0) -> ParseResult:
-    """Parse ``text`` with ``bash -O extglob -n`` (extglob: completion files need it). Never executes."""
+    """Parse ``text`` with ``bash -O extglob -n`` (extglob: completion files need it). Never executes.
+
+    bash's parser reads left to right and stops at the first token no script could continue with; when that
+    "token" is the end of the input, the text is ``unfinished`` (a prefix of some valid script), else broken.
+    An unterminated here-document passes ``bash -n`` with a warning: it counts as unfinished, not ok."""
     if BASH is None:
         raise RuntimeError("bash is not installed; install it to check scripts (apt-get install bash / brew install bash)")
     try:
         proc = subprocess.run([BASH, "-O", "extglob", "-n"], input=text.encode("utf-8", "surrogateescape"),
-                              capture_output=True, timeout=timeout)
+                              capture_output=True, timeout=timeout, env=_C_LOCALE)
     except subprocess.TimeoutExpired:
         return ParseResult(False, f"bash -n took longer than {timeout:.0f}s")
     err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
     first = err[0].split(": ", 1)[-1] if err else ""  # drop bash's own path
-    return ParseResult(proc.returncode == 0, first)
+    unfinished = any(words in line for line in err for words in _UNFINISHED)
+    return ParseResult(proc.returncode == 0 and not unfinished, first, unfinished)
 
 
 def shellcheck_binary() -> str | None:
@@ -57,6 +71,7 @@ def shellcheck_binary() -> str | None:
     return shutil.which("shellcheck") or shutil.which("shellcheck", path=os.path.dirname(sys.executable))
 
 
+@functools.lru_cache(maxsize=256)
 def shellcheck(text: str, timeout: float = 30.0) -> ShellCheckResult:
     """Run ShellCheck on ``text`` as bash; findings as a list of dicts. ``available`` is False without it."""
     binary = shellcheck_binary()
