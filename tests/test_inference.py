@@ -99,6 +99,8 @@ def test_quality_metrics_on_hand_made_samples(small_tokenizer):
     report = script_quality([GOOD, BAD, GOOD], small_tokenizer, ended=[True, False, True])
     assert report.samples == 3 and report.parse_rate == pytest.approx(0.667, abs=1e-3)
     assert report.eos_rate == pytest.approx(0.667, abs=1e-3)
+    cut_back = script_quality([GOOD, BAD, GOOD], small_tokenizer, ended=None, wrote=[True, True, False])
+    assert cut_back.parse_rate == pytest.approx(0.333, abs=1e-3)  # a script the model wrote nothing of
     if shellcheck_binary():
         assert report.shellcheck_error_free == pytest.approx(0.667, abs=1e-3)
     assert distinct_n([[1, 2, 3, 4]], 2) == 1.0 and distinct_n([[1, 1, 1, 1]], 2) == pytest.approx(1 / 3)
@@ -119,9 +121,10 @@ def test_eval_command_reports_both_corpora_and_updates_the_card(nano_dir, tmp_pa
     result = json.loads((tmp_path / "eval.json").read_text())
     assert set(result["heldout"]) == {"language", "code"}
     assert result["heldout"]["code"]["loss"] > 5  # an untrained model
-    assert result["model"]["samples"] == 2 and result["real"]["parse_rate"] == 0.5
+    assert result["raw"]["samples"] == result["guarded"]["samples"] == 2 and result["real"]["parse_rate"] == 0.5
     assert "## Evaluation" in (nano_dir / "README.md").read_text()
-    assert "bits/byte" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "bits/byte" in printed and "raw model  guarded  real scripts" in printed
 
 
 def test_export_to_stock_gpt2_matches_logits(nano_dir, tmp_path):
@@ -195,7 +198,7 @@ def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
     assert (Path(summary["model"]) / "model.safetensors").is_file()
     assert all(Path(c).is_file() for c in summary["curves"])
     result = json.loads((out / "eval.json").read_text())
-    assert set(result["heldout"]) == {"language", "code"} and result["model"]["samples"] == 2
+    assert set(result["heldout"]) == {"language", "code"} and result["guarded"]["samples"] == 2
     printed = capsys.readouterr().out
     assert "Next:" in printed and "bashgpt generate" in printed and "recipes/stage1.py" in printed
 

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from bashgpt.cli import main
 from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
 from bashgpt.errors import UserError
 from bashgpt.inference.modelio import load_model, save_model_folder
+from bashgpt.training.callbacks import TimeBudget
 from bashgpt.training.options import TrainOptions
 from bashgpt.training.stability import clamp_loss
 from bashgpt.training.train import run_training
@@ -223,6 +225,35 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
     assert folder_snapshot(tmp_path / "run") == before  # no checkpoint-4, no log line, no new best/
 
 
+class SlowSteps(TrainerCallback):
+    """Each step takes at least ``seconds``, whatever the machine: a time budget then ends after a known few."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+
+
+def test_time_budget_stops_validates_and_saves_before_the_step_limit(tmp_path):
+    result = run_training(options(tmp_path, num_epochs=1, steps_per_epoch=1000, time_budget=0.03),
+                          extra_callbacks=[SlowSteps(0.4)])  # 1.8 s of 0.4 s steps
+    assert 2 <= result["step"] <= 8
+    best = json.loads((tmp_path / "run" / "best" / "bashgpt_best.json").read_text())
+    assert best["step"] == result["step"]  # validated and saved at the step the time ran out
+    evals = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if "eval_loss" in e] == [result["step"]]
+
+
+def test_time_budget_schedule_warms_up_then_anneals_over_the_time():
+    budget = TimeBudget(seconds=100, warmup_steps=4)
+    assert budget.lr_factor(0) == pytest.approx(0.25) and budget.lr_factor(3) == pytest.approx(1.0)
+    budget.fraction = 0.5
+    assert budget.lr_factor(50) == pytest.approx(0.55)
+    budget.fraction = 1.0
+    assert budget.lr_factor(99) == pytest.approx(0.1) and budget.seconds_left() == 0
+
+
 def test_output_folder_of_another_run_is_refused(tmp_path):
     run_training(options(tmp_path, num_epochs=1))
     with pytest.raises(UserError, match="already holds a run"):
@@ -294,7 +325,8 @@ def test_pth_with_pickled_code_is_refused(tmp_path):
 
 @pytest.mark.parametrize("flags, words", [(["--batch-size", "0"], ["--batch-size", "0"]),
                                           (["--learning-rate", "-1"], ["--learning-rate", "-1"]),
-                                          (["--stage", "code"], ["--dataset"])])
+                                          (["--stage", "code"], ["--dataset"]),
+                                          (["--time-budget", "0"], ["--time-budget", "minutes"])])
 def test_bad_numbers_are_one_line_errors(tmp_path, capsys, flags, words):
     code = main(["train", "--output-dir", str(tmp_path / "o"), *flags])
     err = capsys.readouterr().err.strip()

@@ -287,6 +287,11 @@ def fetch_debian(packages: list[str], cache: Path) -> list[tuple[str, str, Path]
             tmp.mkdir(parents=True)
             subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
             tmp.rename(root)
+        if not (root / "DEBIAN").is_dir():  # the maintainer scripts (postinst, prerm, config...): short, real sh
+            tmp = root / "DEBIAN.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            subprocess.run(["dpkg-deb", "-e", str(deb), str(tmp)], check=True)
+            tmp.rename(root / "DEBIAN")
         out.append((package, version, root))
     return out
 

@@ -81,11 +81,15 @@ class QualityReport:
         return dict(self.__dict__)
 
 
-def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None, progress: bool = False) -> QualityReport:
+def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None, progress: bool = False,
+                   wrote: list[bool] | None = None) -> QualityReport:
+    """Rates over ``scripts``; a script whose model wrote nothing (``wrote`` False: a guarded sample cut back
+    to its prompt) does not count as parsing."""
     parsed, sc_error_free, sc_warning_free = 0, 0, 0
     have_sc = shellcheck_binary() is not None
-    for text in tqdm(scripts, desc="checking", unit="script", disable=not progress):
-        parsed += bash_parse(text).ok
+    wrote = wrote or [True] * len(scripts)
+    for text, something in zip(scripts, wrote, strict=True):
+        parsed += something and bash_parse(text).ok
         if have_sc:
             sc = shellcheck(text)
             sc_error_free += sc.error_free
@@ -112,16 +116,20 @@ def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: lis
     for name, texts in (("language", language_texts), ("code", code_texts)):
         if texts:
             result["heldout"][name] = heldout_metrics(model, tokenizer, texts, seq_len, max_blocks)
-    samples = []
-    for i, prompt in enumerate(tqdm(prompts, desc="generating", unit="prompt", disable=not progress)):
-        samples += generate(model, tokenizer, prompt, sampling, num_samples=samples_per_prompt, seed=seed + i)
-    result["model"] = script_quality([s.script for s in samples], tokenizer, [s.ended for s in samples]).as_dict()
+    samples = {"raw": [], "guarded": []}
+    for i, prompt in enumerate(tqdm(prompts, desc="generating raw and guarded", unit="prompt", disable=not progress)):
+        for kind in samples:
+            samples[kind] += generate(model, tokenizer, prompt, sampling, num_samples=samples_per_prompt,
+                                      seed=seed + i, guard=kind == "guarded")
+    for kind, made in samples.items():
+        result[kind] = script_quality([s.script for s in made], tokenizer, [s.ended for s in made],
+                                      wrote=[bool(s.completion.strip()) for s in made]).as_dict()
     if code_texts:
         real = code_texts[:real_scripts]
         result["real"] = script_quality(real, tokenizer, None).as_dict()
     result["shellcheck"] = "available" if shellcheck_binary() else (
         "not installed: pip install 'bashgpt[shellcheck]' (or apt/brew install shellcheck) for ShellCheck rates")
-    result["examples"] = [s.script for s in samples[:3]]
+    result["examples"] = [s.script for s in samples["guarded"][:3]]
     return result
 
 
@@ -134,13 +142,16 @@ def format_table(result: dict) -> str:
     for name, m in result["heldout"].items():
         lines.append(f"  {name:<18} {m['loss']:>7.3f} {m['perplexity']:>12.1f} {m['bits_per_byte']:>10.3f}")
     lines.append("")
-    lines.append("Bash quality                 model    real scripts")
+    lines.append("Bash quality               raw model  guarded  real scripts")
     real = result.get("real", {})
     for key, label in (("samples", "scripts"), ("parse_rate", "bash -n parses"),
                        ("shellcheck_error_free", "ShellCheck error-free"),
                        ("shellcheck_warning_free", "ShellCheck warning-free"), ("eos_rate", "ends with end-of-text"),
                        ("distinct_2", "distinct 2-grams"), ("distinct_4", "distinct 4-grams")):
-        lines.append(f"  {label:<24} {_fmt(result['model'].get(key)):>8}    {_fmt(real.get(key)):>8}")
+        lines.append(f"  {label:<24} {_fmt(result['raw'].get(key)):>8} {_fmt(result['guarded'].get(key)):>8}"
+                     f"    {_fmt(real.get(key)):>8}")
+    lines.append("  (guarded: each line checked as it is written, see `bashgpt generate --help`; a guarded script cut "
+                 "back to its prompt counts as not parsing)")
     if result["shellcheck"] != "available":
         lines.append(f"  (ShellCheck {result['shellcheck']})")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..devices import peak_memory_bytes
+from .stability import largest_across_processes
 
 
 class EpochBoundary(TrainerCallback):
@@ -21,6 +22,40 @@ class EpochBoundary(TrainerCallback):
             control.should_evaluate = True
             control.should_save = True
         return control
+
+
+class TimeBudget(TrainerCallback):
+    """``--time-budget``: training stops, validates and saves once ``seconds`` of it have passed, and
+    ``lr_factor`` is a schedule over time (linear warm-up over ``warmup_steps``, then cosine decay to 10%
+    at the deadline), so that the run anneals however fast the machine turns out to be. Every process
+    uses the slowest one's clock, so all stop at the same step with the same learning rate."""
+
+    def __init__(self, seconds: float, warmup_steps: int):
+        self.seconds = seconds
+        self.warmup_steps = warmup_steps
+        self.began = None
+        self.fraction = 0.0  # of the budget used, as of the current step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        elapsed = largest_across_processes(time.perf_counter() - self.began, args.device)
+        self.fraction = min(elapsed / self.seconds, 1.0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if largest_across_processes(time.perf_counter() - self.began, args.device) >= self.seconds:
+            control.should_training_stop = True
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+    def seconds_left(self) -> float:
+        return self.seconds * (1.0 - self.fraction)
+
+    def lr_factor(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / max(self.warmup_steps, 1))
+        return warm * (0.1 + 0.45 * (1.0 + math.cos(math.pi * self.fraction)))
 
 
 class JsonlLog(TrainerCallback):

@@ -70,6 +70,7 @@ class TrainOptions:
     cache_dir: str | None = None
     save_total_limit: int = 2
     progress: bool = True
+    time_budget: float | None = None  # minutes of training; the step count becomes an upper limit
 
     def fill_defaults(self, preset: str) -> "TrainOptions":
         """Fill every unset numeric option from the guide's command for this stage and preset."""
@@ -150,6 +151,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, stage: str | None = Non
 
     g = parser.add_argument_group("run")
     g.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
+    g.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="stop after this many minutes of training, then validate and save best/; the learning "
+                        "rate decays over the time instead of the steps, and the step count is only an upper limit")
     g.add_argument("--overwrite", action="store_true", help="start afresh in an --output-dir that holds another run")
     g.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto picks MPS, then CUDA, then CPU")

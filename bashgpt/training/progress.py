@@ -36,7 +36,7 @@ class ProgressLine(TrainerCallback):
     the same facts as one plain line per log event, for log files."""
 
     def __init__(self, steps_per_epoch: int, num_epochs: int, tokens_per_step: int, say, live: bool,
-                 is_main: bool, best=None):
+                 is_main: bool, best=None, budget=None):
         self.steps_per_epoch = steps_per_epoch
         self.num_epochs = num_epochs
         self.tokens_per_step = tokens_per_step
@@ -44,6 +44,7 @@ class ProgressLine(TrainerCallback):
         self.live = live
         self.is_main = is_main
         self.best = best  # the BestModelSaver, asked (before it updates) whether a loss is a new best
+        self.budget = budget  # a TimeBudget: the run ends at its deadline or at max_steps, whichever comes first
         self.bar = None
         self.eval_bar = None
         self.start = (0.0, 0)  # (time, step) when this process began training: the ETA excludes resumed steps
@@ -91,10 +92,19 @@ class ProgressLine(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self.step_began = time.perf_counter()
 
+    def expected_steps(self, state) -> int:
+        """max_steps, or under a time budget the step the deadline will come at (at the rate so far)."""
+        if self.budget is None:
+            return state.max_steps
+        expected = state.global_step + self.budget.seconds_left() * self.rate(state.global_step)
+        return max(state.global_step, min(state.max_steps, round(expected)))
+
     def on_step_end(self, args, state, control, **kwargs):
         self.window[0] += time.perf_counter() - self.step_began
         self.window[1] += 1
         if self.bar is not None:
+            if self.budget is not None:
+                self.bar.total = self.expected_steps(state)
             self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -105,9 +115,10 @@ class ProgressLine(TrainerCallback):
             self.bar.set_postfix_str(" · ".join(facts), refresh=True)
             return
         rate = self.rate(state.global_step)
-        left = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
+        total = self.expected_steps(state)
+        left = (total - state.global_step) / rate if rate > 0 else float("nan")
         eta = f"ETA {format_duration(left)}" if math.isfinite(left) else "ETA ?"
-        self.say(" · ".join([f"step {state.global_step}/{state.max_steps}", *facts, eta]))
+        self.say(" · ".join([f"step {state.global_step}/{total}", *facts, eta]))
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         if self.bar is None or eval_dataloader is None or not hasattr(eval_dataloader, "__len__"):

@@ -58,13 +58,18 @@ class SkipLedger:
         return sum(self.recent) / max(len(self.recent), 1)
 
 
+def largest_across_processes(value: float, device) -> float:
+    """The largest of ``value`` over all processes (itself when there is one), the same on every process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([float(value)], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t.item())
+    return value
+
+
 def all_processes_agree(flag: bool, device) -> bool:
     """True on every process if ``flag`` is True on any (so all ranks skip together)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
-    return flag
+    return largest_across_processes(1.0 if flag else 0.0, device) > 0
 
 
 def gradients_finite(model) -> bool:

@@ -30,7 +30,7 @@ from ..data.tokenization import default_tokenizer_dir, load_tokenizer
 from ..devices import choose_precision, resolve_device
 from ..errors import UserError
 from ..inference.modelio import save_model_folder
-from .callbacks import Advice, BestModelSaver, EpochBoundary, JsonlLog
+from .callbacks import Advice, BestModelSaver, EpochBoundary, JsonlLog, TimeBudget
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .cpu_memory import keep_large_allocations_on_heap
 from .estimate import estimate, fit_advice
@@ -79,6 +79,8 @@ def validate(opts: TrainOptions) -> None:
         raise UserError("stage 2 (--stage code) needs --dataset: a 'bashgpt collect' folder of bash scripts")
     if opts.resume and opts.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
+    if opts.time_budget is not None and not opts.time_budget > 0:
+        raise UserError(f"--time-budget must be a positive number of minutes, got {opts.time_budget}")
 
 
 def plan_model(opts: TrainOptions):
@@ -292,15 +294,17 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         best_loss = json.loads((best_dir / "bashgpt_best.json").read_text())["eval_loss"]
     tokens_per_step = effective_batch * opts.seq_len
     saver = BestModelSaver(save_best, run.is_main, best_loss)
+    budget = TimeBudget(opts.time_budget * 60, opts.warmup_steps) if opts.time_budget else None
     progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, tokens_per_step, run.say, opts.progress,
-                            run.is_main, saver)  # before the saver in the list: it asks, then the saver updates
-    callbacks = [EpochBoundary(opts.steps_per_epoch),
+                            run.is_main, saver, budget)  # before the saver in the list: it asks, then the saver updates
+    callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch),
                  JsonlLog(out / "log.jsonl", tokens_per_step, opts.steps_per_epoch, device, ledger, run.is_main),
                  progress, advice, saver, *extra_callbacks]
     stopper = GracefulStop(run.say)
     trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
                           data_collator=default_data_collator, processing_class=tokenizer,
-                          callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger)
+                          callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger,
+                          lr_factor=budget.lr_factor if budget else None)
     progress.replace_trainers_printing(trainer)
     train_guarded(trainer, stopper, resume_from, out)
 

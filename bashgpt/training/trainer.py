@@ -19,13 +19,21 @@ class SafeTrainer(Trainer):
     """``Trainer`` that clamps the loss, skips updates with non-finite loss or gradients, and writes
     checkpoints atomically (run_safety.py)."""
 
-    def __init__(self, *args, loss_clamp: float | None = None, skip_ledger: SkipLedger | None = None, **kwargs):
+    def __init__(self, *args, loss_clamp: float | None = None, skip_ledger: SkipLedger | None = None,
+                 lr_factor=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.lr_factor = lr_factor  # step -> multiplier of the learning rate, replacing the step-based schedule
         self.loss_clamp = loss_clamp
         self.skip_ledger = skip_ledger or SkipLedger()
         self.window_bad = False
         self.fused_lm_loss = "fused_lm_loss" in inspect.signature(self.model.forward).parameters
         self.add_callback(_SkipNonFiniteUpdate(self))
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_factor is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, self.lr_factor)
+        return self.lr_scheduler
 
     def _save_checkpoint(self, model, trial):
         atomic_checkpoint_save(self, super()._save_checkpoint, model, trial)
