@@ -149,7 +149,7 @@ def cmd_export(args):
 def cmd_quickstart(args):
     from .quickstart import QuickstartPlan, run_quickstart
 
-    plan = QuickstartPlan(out=Path(args.out))
+    plan = QuickstartPlan(out=Path(args.out), minutes=args.minutes)
     if args.smoke:
         plan = QuickstartPlan.smoke(Path(args.out), args.smoke_source or "system")
     if args.no_debian:
@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="the whole job offline on this machine (~10 minutes on 2 CPU cores)")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--no-debian", action="store_true", help="do not try Debian packages for stage 2")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="wall-clock budget for the whole job (default 10); more time buys a better model")
     p.add_argument("--smoke", action="store_true", help="a tiny run that finishes in under a minute (for tests)")
     p.add_argument("--smoke-source", help=argparse.SUPPRESS)
     p.add_argument("--device", choices=DEVICES, default="auto")

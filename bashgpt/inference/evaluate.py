@@ -7,6 +7,7 @@ and warning-free rates, the share of samples that end with end-of-text, and dist
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +109,9 @@ def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None, prog
 def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: list[str] | None,
              prompts: list[str], samples_per_prompt: int = 3, sampling: SamplingOptions | None = None,
              seq_len: int = 256, max_blocks: int = 100, real_scripts: int = 50, seed: int = 0,
-             progress: bool = True) -> dict:
-    """Every measure in one dictionary (what ``bashgpt eval`` prints and saves)."""
+             progress: bool = True, deadline: float | None = None) -> dict:
+    """Every measure in one dictionary (what ``bashgpt eval`` prints and saves). With ``deadline`` (a
+    ``time.monotonic()`` value), no new prompt is started after it; the result says how many were done."""
     sampling = sampling or SamplingOptions(max_new_tokens=200)
     seq_len = min(seq_len, model.config.max_position_embeddings)
     result = {"heldout": {}}
@@ -118,6 +120,9 @@ def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: lis
             result["heldout"][name] = heldout_metrics(model, tokenizer, texts, seq_len, max_blocks)
     samples = {"raw": [], "guarded": []}
     for i, prompt in enumerate(tqdm(prompts, desc="generating raw and guarded", unit="prompt", disable=not progress)):
+        if deadline is not None and i > 0 and time.monotonic() > deadline:
+            result["prompts_done"] = f"{i} of {len(prompts)} (the time budget ran out)"
+            break
         for kind in samples:
             samples[kind] += generate(model, tokenizer, prompt, sampling, num_samples=samples_per_prompt,
                                       seed=seed + i, guard=kind == "guarded")
