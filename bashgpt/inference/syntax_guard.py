@@ -179,8 +179,8 @@ class GuardedResult:
 @torch.no_grad()
 def guarded_generate(model, tokenizer, input_ids: torch.Tensor, generation_config, checker: LineChecker | None = None,
                      max_retries: int = 3, max_rollbacks: int = 32) -> GuardedResult:
-    """One guarded sample from ``model.generate`` (batch 1); ``generation_config.max_new_tokens`` bounds the
-    completion, and all tries together generate at most three times that."""
+    """One guarded sample from ``model.generate`` (batch 1); ``generation_config.max_new_tokens`` (256 when
+    unset) bounds the completion, and all tries together generate at most three times that."""
     import copy
 
     from transformers import DynamicCache
@@ -191,7 +191,8 @@ def guarded_generate(model, tokenizer, input_ids: torch.Tensor, generation_confi
     checks_before = checker.checks
     prompt = input_ids[0].tolist()
     guard = ScriptGuard.for_prompt(checker, prompt, max_retries=max_retries, max_rollbacks=max_rollbacks)
-    budget, limit = 3 * generation_config.max_new_tokens, len(prompt) + generation_config.max_new_tokens
+    max_new = generation_config.max_new_tokens or 256
+    budget, limit = 3 * max_new, len(prompt) + max_new
     ids, cache, ended = input_ids, DynamicCache(config=model.config), False
     eos = tokenizer.eos_token_id
     processors = LogitsProcessorList([EndOnlyWhenParses(tokenizer, checker, [guard])])
