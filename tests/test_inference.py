@@ -183,6 +183,12 @@ def test_not_a_model_folder_and_empty_prompt_file(nano_dir, tmp_path, capsys):
     assert main(["generate", str(tmp_path / "not-even-a-folder"), "--prompt", ""]) == 2  # refused before any loading
     out = capsys.readouterr()
     assert "prompt is empty" in out.err and out.out == ""
+    (tmp_path / "latin1.txt").write_bytes(b"#!/bin/bash\n# caf\xe9\n")
+    assert main(["generate", str(nano_dir), "--prompt-file", str(tmp_path / "latin1.txt")]) == 2
+    assert "cannot read --prompt-file" in capsys.readouterr().err
+    assert main(["generate", str(nano_dir), "--prompt", "echo a\n" * 100, "--device", "cpu"]) == 2  # 128 positions
+    err = capsys.readouterr().err.strip()
+    assert "the model's limit is 128" in err and "shorten the prompt" in err and "\n" not in err
 
 
 def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
