@@ -262,7 +262,9 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                         opts.gradient_accumulation_steps, device=device, config=config)
         run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
                 f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
-                f"about {plan.seconds_per_step:.2f} s per step, {plan.seconds_per_step * max_steps / 3600:.2f} h in all")
+                f"about {plan.seconds_per_step:.2f} s per step, " +
+                (f"training for {opts.time_budget:g} minutes (--time-budget)" if opts.time_budget else
+                 f"{plan.seconds_per_step * max_steps / 3600:.2f} h in all"))
         warning = fit_advice(plan)
         if warning:
             run.say(f"warning: {warning}")
