@@ -28,7 +28,7 @@ from .training.train import run_training
 class QuickstartPlan:
     out: Path
     minutes: float | None = 10.0  # the whole job, start to end; None: fixed step counts (the test suite's smoke run)
-    stage1_share: float = 0.3  # of the training time: English helps bash less than bash does
+    stage1_share: float = 0.2  # of the training time: English helps bash less than bash does
     eval_share: float = 0.2  # of the time left after data preparation, kept for evaluation and samples
     stage1_steps: int = 100_000  # upper limits; under a time budget the clock ends each stage
     stage2_steps: int = 100_000
@@ -150,7 +150,7 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
         (f", for {budget2:.1f} minutes" if budget2 else f", {plan.stage2_steps} steps"))
     s2 = run_training(TrainOptions(stage="code", dataset=str(stage2_data), checkpoint=str(out / "stage1"),
                                    output_dir=str(out / "stage2"), steps_per_epoch=plan.stage2_steps,
-                                   learning_rate=5e-4, warmup_steps=20, time_budget=budget2,
+                                   learning_rate=1e-3, warmup_steps=20, time_budget=budget2,
                                    **{k: v for k, v in common.items() if k != "model_size"}))
 
     say("Evaluating: held-out loss on both corpora, and the bash the model writes")

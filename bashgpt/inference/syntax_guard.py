@@ -74,6 +74,7 @@ class ScriptGuard:
     max_retries: int = 3
     max_rollbacks: int = 32
     marks: list = field(default_factory=list)  # (length, verdict) of each accepted line end, the prompt's first
+    written: list = field(default_factory=list)  # per mark: has the model written a non-blank line by then
     banned: dict = field(default_factory=dict)  # length -> first tokens of failed tries there
     retries: int = 0
     rollbacks: int = 0
@@ -86,6 +87,7 @@ class ScriptGuard:
         guard = cls(checker, len(prompt_ids), **limits)
         verdict = checker.verdict(prompt_ids)
         guard.marks.append((len(prompt_ids), verdict))
+        guard.written.append(False)
         guard.active = verdict != BROKEN
         return guard
 
@@ -96,6 +98,7 @@ class ScriptGuard:
         verdict = self.checker.verdict(ids)
         if verdict != BROKEN:
             self.marks.append((len(ids), verdict))
+            self.written.append(self.written[-1] or bool(self.checker.text(ids[self.start:]).strip()))
             self.retries = 0
             return None
         if not self.can_take_back:
@@ -108,13 +111,18 @@ class ScriptGuard:
         self.retries += 1
         if self.retries > self.max_retries and len(self.marks) > 1:  # this line cannot be written: redo the one before
             self.marks.pop()
+            self.written.pop()
             self.retries = 0
         back = self.marks[-1][0]
         self.banned.setdefault(back, set()).add(ids[back])
         return back
 
     def may_end(self, length: int) -> bool:
-        return not self.active or self.marks[-1] == (length, COMPLETE)
+        """End of text only right after a line where the script parses, and only once the model has written
+        something of its own (ending at once, after the prompt, is not a script)."""
+        if not self.active:
+            return True
+        return self.marks[-1] == (length, COMPLETE) and self.written[-1]
 
     def last_complete(self) -> int:
         """Length of the longest accepted prefix that parses (the prompt when none does)."""
