@@ -33,7 +33,8 @@ COMPLETE, UNFINISHED, BROKEN = "complete", "unfinished", "broken"
 
 
 class LineChecker:
-    """What bash says of a script's text up to its last completed line; one per tokenizer, with a memo."""
+    """What bash says of a script's text up to its last completed line; one per tokenizer (repeated texts,
+    as retries make, are answered from ``bash_parse``'s own cache)."""
 
     _made: dict = {}  # id(tokenizer) -> (tokenizer, checker): finding the line-ending tokens takes ~0.3 s
 
@@ -47,22 +48,14 @@ class LineChecker:
         self.tokenizer = tokenizer
         vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         self.line_ends = {i for i, text in enumerate(vocab) if "\n" in text}  # tokens that finish a line
-        self.memo: dict[str, str] = {}
-        self.checks = 0
 
     def text(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def verdict(self, ids) -> str:
         text = self.text(ids)
-        text = text[: text.rfind("\n") + 1]  # whole lines only
-        if text not in self.memo:
-            if len(self.memo) > 4096:
-                self.memo.clear()
-            self.checks += 1
-            r = bash_parse(text)
-            self.memo[text] = COMPLETE if r.ok else UNFINISHED if r.unfinished else BROKEN
-        return self.memo[text]
+        r = bash_parse(text[: text.rfind("\n") + 1])  # whole lines only
+        return COMPLETE if r.ok else UNFINISHED if r.unfinished else BROKEN
 
 
 @dataclass
@@ -157,7 +150,8 @@ class EndOnlyWhenParses(LogitsProcessor):
         length = input_ids.shape[1]
         if self.watch and length > self.guards[0].start:
             for row, guard in zip(input_ids, self.guards, strict=True):
-                guard.after_token(row.tolist())  # records the line the last token ended, if it ended one
+                if int(row[-1]) in self.checker.line_ends:
+                    guard.after_token(row.tolist())  # records the line the last token ended
         for i, guard in enumerate(self.guards):
             guard.restrict(length, scores[i], self.eos_token_id)
         return scores
@@ -171,7 +165,8 @@ class StopAtBrokenLine(StoppingCriteria):
         self.resume_at: int | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        self.resume_at = self.guard.after_token(input_ids[0].tolist())
+        line_end = int(input_ids[0, -1]) in self.guard.checker.line_ends
+        self.resume_at = self.guard.after_token(input_ids[0].tolist()) if line_end else None
         stop = self.resume_at is not None or self.guard.gave_up
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
@@ -181,7 +176,6 @@ class GuardedResult:
     ids: list[int]  # prompt and completion, without end of text
     ended: bool  # end of text was generated
     rollbacks: int
-    checks: int
 
 
 @torch.no_grad()
@@ -196,7 +190,6 @@ def guarded_generate(model, tokenizer, input_ids: torch.Tensor, generation_confi
     from ..modeling_bashgpt import CACHE_FIELD  # generate()'s name for the KV cache in this Transformers
 
     checker = checker or LineChecker.for_tokenizer(tokenizer)
-    checks_before = checker.checks
     prompt = input_ids[0].tolist()
     guard = ScriptGuard.for_prompt(checker, prompt, max_retries=max_retries, max_rollbacks=max_rollbacks)
     max_new = generation_config.max_new_tokens or 256
@@ -225,4 +218,4 @@ def guarded_generate(model, tokenizer, input_ids: torch.Tensor, generation_confi
     final = ids[0].tolist()
     if not ended:
         final = final[:guard.last_complete()]
-    return GuardedResult(final, ended, guard.rollbacks, checker.checks - checks_before)
+    return GuardedResult(final, ended, guard.rollbacks)
