@@ -18,11 +18,13 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_causal_mask, sdpa_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 
+from .chunked_attention import NAME as CHUNKED_ATTENTION
+from .chunked_attention import chunked_attention_forward
 from .configuration_bashgpt import BashGPTConfig
 from .fused_loss import chunked_causal_lm_loss
 from .packed_linear import linears_packed
@@ -100,6 +102,12 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value)
     return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
+# Query-chunked attention for training where sdpa would keep T x T probabilities (MPS): see chunked_attention.py.
+# Selected with model.set_attn_implementation("bashgpt_chunked"); it takes sdpa's masks.
+ALL_ATTENTION_FUNCTIONS.register(CHUNKED_ATTENTION, chunked_attention_forward)
+ALL_MASK_ATTENTION_FUNCTIONS.register(CHUNKED_ATTENTION, sdpa_mask)
 
 
 class BashGPTAttention(nn.Module):
