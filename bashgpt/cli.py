@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .devices import DEVICES
 from .errors import UserError
+from .training.levers import ATTENTIONS, OPTIMIZERS
 
 
 def cmd_collect(args):
@@ -170,15 +171,29 @@ def add_sampling_arguments(p, max_new_tokens: int):
 
 
 def cmd_estimate(args):
+    from .devices import resolve_device
     from .training.estimate import estimate, fit_advice, format_estimate
+    from .training.levers import require_optimizer
+    from .training.memory_plan import format_candidates, format_plan, given_levers, parse_budget, plan_memory
 
     for name in ("batch_size", "seq_len", "gradient_accumulation_steps"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    e = estimate(args.model_size, args.batch_size, args.seq_len, args.use_amp, args.use_gradient_checkpointing,
-                 args.gradient_accumulation_steps, device=args.device)
+    device = resolve_device(args.device)
+    levers, fixed = given_levers(args, device)
+    if "optim" in fixed:
+        require_optimizer(levers.optim, device)
+    if args.memory_budget:
+        plan = plan_memory(args.model_size, args.batch_size, args.seq_len, device, parse_budget(args.memory_budget),
+                           levers, fixed, args.gradient_accumulation_steps)
+        print(f"settings considered for {args.model_size} at batch {args.batch_size} x {args.seq_len} on {device} "
+              f"(cost: time per step against the fastest):")
+        print(format_candidates(plan))
+        print(format_plan(plan, fixed, device))
+        levers = plan.levers
+    e = estimate(args.model_size, args.batch_size, args.seq_len, levers, args.gradient_accumulation_steps, device=device)
     print(format_estimate(e, args.batch_size, args.seq_len, args.gradient_accumulation_steps))
-    advice = fit_advice(e)
+    advice = None if args.memory_budget else fit_advice(e)
     if advice:
         print(f"warning: {advice}")
 
@@ -261,8 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    p.add_argument("--use-amp", action="store_true")
+    p.add_argument("--use-amp", action="store_true", help="bf16 autocast")
     p.add_argument("--use-gradient-checkpointing", action="store_true")
+    p.add_argument("--optim", choices=list(OPTIMIZERS), help="the optimizer (default adamw; see bashgpt train --help)")
+    p.add_argument("--attention", choices=ATTENTIONS, default="auto",
+                   help="training attention (auto: query-chunked on MPS, sdpa elsewhere)")
+    p.add_argument("--memory-budget", metavar="SIZE",
+                   help="e.g. 18GB: list every combination of memory levers with its peak and cost, and pick the "
+                        "fastest that fits")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_estimate)
 

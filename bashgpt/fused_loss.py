@@ -4,8 +4,10 @@ The usual path materialises the logits (tokens x vocabulary) in float32 several 
 log-softmax, its gradient): at the tiny preset's B4 x T512 that is 262 MB each, and on a CPU
 these memory-bound passes cost as much as the LM head's matmuls. Here each chunk of 256 rows
 computes its float32 logits (small enough to stay in cache), its loss and, right away, the
-gradient of its logits (softmax - one-hot), kept in the compute dtype (bf16 under autocast);
-the input and weight gradients follow from two matmuls, and backward only scales them. Same
+gradient of its logits (softmax - one-hot, in the compute dtype: bf16 under autocast), from which
+the chunk's input gradient and its share of the weight gradient (summed in float32) follow; so
+the logits' gradient never exists for all rows at once (at batch 4 x 1024 that is 0.5 GB), and
+backward only scales the two gradients. Same
 loss and gradients as ``nn.functional.cross_entropy`` on the full logits, up to rounding.
 
 Part of the modeling code (copied beside the weights by ``save_pretrained``): torch only.
@@ -28,9 +30,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         dtype = compute_dtype(hidden)
         h = hidden.to(dtype)
         w = weight.to(dtype)
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_logits = torch.empty((h.shape[0], w.shape[0]), dtype=dtype, device=h.device) if needs_grad else None
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        # d loss / d weight, summed chunk by chunk (float32), so the logits' gradient never exists for all rows at once
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, h.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
@@ -44,14 +46,19 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             norm = probs.sum(dim=-1, keepdim=True)
             lse = (peak + norm.log()).squeeze(1)
             total += torch.where(valid, lse - picked, 0.0).sum()
-            if needs_grad:  # d loss / d logits = softmax - one-hot (zero on ignored rows)
-                probs.div_(norm)
-                probs[torch.arange(probs.shape[0], device=probs.device), safe] -= 1.0
-                probs.mul_(valid[:, None])
-                grad_logits[rows] = probs
-                if grad_h is not None:
-                    grad_h[rows] = grad_logits[rows] @ w
-        grad_w = (grad_logits.t() @ h) if ctx.needs_input_grad[1] else None  # (V, d), one matmul
+            if grad_h is None and grad_w is None:
+                continue
+            # d loss / d logits = softmax - one-hot (zero on ignored rows)
+            probs.div_(norm)
+            probs[torch.arange(probs.shape[0], device=probs.device), safe] -= 1.0
+            grad_logits = probs.mul_(valid[:, None]).to(dtype)
+            if grad_h is not None:
+                grad_h[rows] = grad_logits @ w
+            if grad_w is not None:
+                if dtype == torch.float32:
+                    grad_w.addmm_(grad_logits.t(), h[rows])
+                else:
+                    grad_w += (grad_logits.t() @ h[rows]).float()
         ctx.denominator = denominator
         ctx.save_for_backward(grad_h, grad_w)
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype

@@ -392,30 +392,6 @@ def test_compiled_training_runs(tmp_path):
     assert "_orig_mod" not in "".join(load_model(summary["best"]).state_dict())
 
 
-def test_estimate_parts_respond_to_the_options():
-    from bashgpt.training.estimate import estimate, fit_advice
-
-    base = estimate("tiny", 4, 512, device="cpu", measure=False)
-    assert 137e6 < base.parameters < 138e6
-    assert base.parts["optimizer"] == 8 * base.parameters
-    amp = estimate("tiny", 4, 512, use_amp=True, device="cpu", measure=False)
-    ckpt = estimate("tiny", 4, 512, use_amp=True, use_gradient_checkpointing=True, device="cpu", measure=False)
-    double = estimate("tiny", 8, 512, device="cpu", measure=False)
-    assert ckpt.parts["activations"] < amp.parts["activations"] < base.parts["activations"]
-    assert double.parts["activations"] == pytest.approx(2 * base.parts["activations"])
-    assert ckpt.flops_per_step > amp.flops_per_step  # recomputation costs a forward
-    huge = estimate("xlarge", 64, 4096, device="cpu", measure=False)
-    assert huge.fits is False and "--batch-size" in fit_advice(huge)
-
-
-def test_estimate_command(capsys):
-    assert main(["estimate", "--model-size", "nano", "--batch-size", "2", "--seq-len", "64", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    for word in ("weights", "gradients", "optimizer", "activations", "total", "fits", "TFLOP", "per step"):
-        assert word in out
-    assert main(["estimate", "--model-size", "nano", "--batch-size", "0"]) == 2
-
-
 def test_advice_says_the_guides_warning_signs_plainly():
     from bashgpt.training.callbacks import Advice
     from bashgpt.training.stability import SkipLedger

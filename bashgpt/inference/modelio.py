@@ -32,14 +32,15 @@ def atomic_replace_dir(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model_folder(model, tokenizer, dest: str | Path, card: str | None = None) -> Path:
-    """Write a loadable model folder at ``dest`` atomically."""
+def save_model_folder(model, tokenizer, dest: str | Path, card: str | None = None, state_dict: dict | None = None) -> Path:
+    """Write a loadable model folder at ``dest`` atomically; ``state_dict``: the weights to write, when the model's
+    own are shards (training/sharding.py)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(dest)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp), **({"state_dict": state_dict} if state_dict is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     if card is not None:

@@ -93,10 +93,10 @@ class JsonlLog(TrainerCallback):
 class BestModelSaver(TrainerCallback):
     """Keep ``OUTPUT/best/`` as a complete model folder of the lowest validation loss so far."""
 
-    def __init__(self, save, is_main: bool, best_loss: float = math.inf):
-        self.save = save  # callable(model, metrics)
-        self.is_main = is_main
+    def __init__(self, save, best_loss: float = math.inf):
+        self.save = save  # callable(model, state), called on every process (the main one writes)
         self.best_loss = best_loss
+        self.saved_once = False
 
     def improves(self, loss: float | None) -> bool:
         return loss is not None and math.isfinite(loss) and loss < self.best_loss
@@ -105,8 +105,8 @@ class BestModelSaver(TrainerCallback):
         loss = (metrics or {}).get("eval_loss")
         if self.improves(loss):
             self.best_loss = loss
-            if self.is_main:
-                self.save(model, state)
+            self.save(model, state)
+            self.saved_once = True
 
 
 class Advice(TrainerCallback):

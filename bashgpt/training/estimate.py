@@ -1,24 +1,37 @@
-"""Estimate a training run's memory and time before starting it.
+"""Estimate a training run's peak memory and time per step before starting it, for any combination of levers.
 
-Memory, by part (bytes):
-  weights        4 P (fp32 master weights; + 2 P of bf16 copies of the linear weights under --use-amp)
-  gradients      4 P in total; about half of them are alive at the peak (backward frees activations
-                 while it fills gradients), which is what the peak counts
-  optimizer      8 P (AdamW's two moments)
-  activations    N x (L x 23.4 x d x s + V x s), N = batch x seq tokens per micro-batch, s = 4 (fp32) or
-                 2 (bf16): about 23 stored values of width d per token and layer (flash attention keeps no
-                 T x T scores), plus the gradient of the logits (bashgpt's fused LM-head loss)
-                 with --use-gradient-checkpointing: N x (L x 4 d + 23.4 d s + V s), layer inputs only
-  framework      0.52 GB on CPU: PyTorch itself (0.37 GB) and working buffers (loss chunks, allocator slack)
-The coefficients were fitted to peak RSS measured on this 2-core CPU for nano and tiny
-(bench/estimate_check.py checks them, within 20%).
+Memory (bytes), P parameters, of which P_lin sit in linear layers; N = batch x seq tokens per micro-batch;
+s = 2 bytes per stored activation value when computing in bf16, else 4. The peak is the larger of two moments:
 
-Time: FLOPs per optimizer step (6 x (N_non-embedding + V d) + 12 L d T per token, + a forward's
-worth of block FLOPs again with checkpointing) divided by the device's matmul rate, measured now,
-times the model-FLOPs utilisation bashgpt reaches there (measured on CPU by bench/run.py;
-an assumption on GPUs and MPS, said so in the output).
+  backward     weights + bf16 copies + half the gradients + optimizer state + activations
+               (backward frees activations while it fills gradients; 0.53 of the gradients are alive at the
+               peak in our measurements). bf16 copies: 2 P_lin under autocast with float32 weights; with
+               checkpointing they are dropped after the forward pass, and recomputed block by block.
+  optimizer    weights + all gradients + optimizer state + the optimizer's temporaries (bitsandbytes'
+  step         8-bit AdamW on CPU works through ~20 bytes per value of the tensor it updates, Adafactor ~8,
+               torch-optimi one tensor at a time ~2; fused AdamW none); on CPU + the activations, whose freed
+               memory the heap keeps in pieces
+
+  weights, gradients, state: bytes per parameter by optimizer (levers.py): adamw 4+4+8, adamw-8bit 4+4+2,
+               adamw-bf16 2+2+6, adafactor 4+4+factored rows and columns
+  activations  N x L x 23.4 x d x s + 4 V d: about 23 stored values of width d per token and layer (flash
+               attention keeps no T x T scores), plus the LM head's weight gradient (the fused loss computes it
+               in forward); with checkpointing N x (L x d x r + 23.4 d s) + 4 V d: the block inputs (r: 4 under autocast,
+               whose residual stream is float32, else s) and one block recomputed at a time.
+               Attention that materialises T x T (eager; sdpa on MPS in training, its math path) adds
+               B x H x T x T x (4 + s) per layer kept (one layer with checkpointing); the chunked one none.
+  framework    0.52 GB on CPU: PyTorch itself (0.37 GB) and working buffers (loss chunks, allocator slack)
+The coefficients were fitted to peak RSS measured on a 2-core CPU (bench/memory.py and bench/estimate_check.py
+check them).
+
+Time: FLOPs per optimizer step (6 x (N_non-embedding + V d) + 12 L d T per token, + a forward's worth of
+block FLOPs again with checkpointing) divided by the device's matmul rate in the compute dtype, measured now,
+times the model-FLOPs utilisation bashgpt reaches there (measured on CPU by bench/run.py; an assumption on
+GPUs and MPS, said so in the output), plus the optimizer's own time (per parameter, measured on CPU by
+bench/memory.py; assumed negligible on GPUs and MPS).
 """
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -28,10 +41,16 @@ import torch
 from ..configuration_bashgpt import BashGPTConfig
 from ..devices import device_memory_bytes, resolve_device
 from .flops import non_embedding_params, training_flops_per_token
+from .levers import Levers
 
 ACT_VALUES_PER_LAYER = 23.4  # stored activation values per token and layer, in units of d
 FRAMEWORK_BYTES = {"cpu": 0.52 * 2**30, "cuda": 0.6 * 2**30, "mps": 0.6 * 2**30}
 GRADS_ALIVE_AT_PEAK = 0.53
+# Bytes of temporaries per value of the largest tensor, while the optimizer updates it (CPU, bench/memory.py).
+OPTIMIZER_TEMP_BYTES = {"adamw": 0, "adamw-8bit": 20, "adamw-bf16": 2, "adafactor": 8}
+IMPORT_BYTES = {"adamw": 0, "adamw-8bit": 0.12 * 2**30, "adamw-bf16": 0, "adafactor": 0}  # the package's own code
+# Optimizer seconds per parameter and step on CPU (2 cores; bench/memory.py --only levers).
+CPU_OPTIMIZER_SECONDS = {"adamw": 1.5e-9, "adamw-8bit": 4.3e-8, "adamw-bf16": 5.4e-9, "adafactor": 8.7e-9}
 # Model-FLOPs utilisation measured on CPU (bench/run.py, 2-core AVX-512 machine) at hidden size 128 and 768.
 CPU_MFU = {"fp32": (0.63, 0.88), "bf16": (0.37, 0.60)}
 ASSUMED_MFU = {"cuda": 0.40, "mps": 0.30}
@@ -41,7 +60,8 @@ ASSUMED_MFU = {"cuda": 0.40, "mps": 0.30}
 class Estimate:
     preset: str
     parameters: int
-    parts: dict  # name -> bytes
+    parts: dict  # name -> bytes, at the peak moment
+    peak_at: str  # "backward" or "optimizer step"
     total: float
     available: int | None
     flops_per_step: float
@@ -50,6 +70,7 @@ class Estimate:
     mfu_measured: bool
     device: str
     peak_flops: float
+    levers: Levers
 
     @property
     def fits(self) -> bool | None:
@@ -62,24 +83,62 @@ def parameter_count(config: BashGPTConfig) -> int:
     return non_embedding_params(config) + 2 * v * d + positions
 
 
-def memory_parts(config: BashGPTConfig, batch_size: int, seq_len: int, use_amp: bool,
-                 use_gradient_checkpointing: bool, device: str = "cpu") -> dict:
+def largest_tensor(config: BashGPTConfig) -> int:
+    d = config.hidden_size
+    return max(config.vocab_size * d, config.max_position_embeddings * d, d * config.intermediate_size, 3 * d * d)
+
+
+def optimizer_state_bytes(config: BashGPTConfig, levers: Levers) -> float:
+    p = parameter_count(config)
+    if levers.optim != "adafactor":
+        return levers.kind.state_bytes * p
+    d, L = config.hidden_size, config.num_hidden_layers
+    shapes = [(3 * d, d), (d, d), (config.intermediate_size, d), (d, config.intermediate_size)] * L
+    shapes += [(config.vocab_size, d)] * 2 + [(config.max_position_embeddings, d)]
+    return 4 * (sum(r + c for r, c in shapes) + (p - sum(r * c for r, c in shapes)))
+
+
+def attention_bytes_per_layer(config: BashGPTConfig, batch_size: int, seq_len: int, levers: Levers, device: str,
+                              s: int) -> float:
+    """Bytes of T x T attention matrices one layer keeps for backward (0 for flash/efficient kernels)."""
+    keeps_square = levers.attention == "eager" or (levers.attention == "sdpa" and device == "mps")
+    return batch_size * config.num_attention_heads * seq_len**2 * (4 + s) if keeps_square else 0
+
+
+def memory_parts(config: BashGPTConfig, batch_size: int, seq_len: int, levers: Levers | None = None,
+                 device: str = "cpu") -> tuple[dict, str]:
+    """The parts of the peak (bytes) and the moment it happens: 'backward' or 'optimizer step'."""
+    levers = levers or Levers()
     p = parameter_count(config)
     d, layers, v = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    s = 2 if use_amp else 4
+    kind = levers.kind
+    s = 2 if levers.bf16_compute else 4
+    residual = 4 if levers.use_amp else s
     tokens = batch_size * seq_len
-    if use_gradient_checkpointing:
-        per_token = layers * 4 * d + ACT_VALUES_PER_LAYER * d * s + v * s
+    attention = attention_bytes_per_layer(config, batch_size, seq_len, levers, device, s)
+    loss = 4 * v * d  # the fused loss keeps the LM head's weight gradient (float32) from forward to backward
+    if levers.checkpointing:
+        activations = tokens * (layers * d * residual + ACT_VALUES_PER_LAYER * d * s) + attention + loss
     else:
-        per_token = layers * ACT_VALUES_PER_LAYER * d * s + v * s
+        activations = tokens * layers * ACT_VALUES_PER_LAYER * d * s + layers * attention + loss
     linear_params = non_embedding_params(config) + v * d
-    return {
-        "weights": 4 * p + (2 * linear_params if use_amp else 0),
-        "gradients": GRADS_ALIVE_AT_PEAK * 4 * p,
-        "optimizer": 8 * p,
-        "activations": tokens * per_token,
-        "framework": FRAMEWORK_BYTES.get(device, FRAMEWORK_BYTES["cpu"]),
-    }
+    copies = 2 * linear_params if levers.use_amp and not kind.bf16_weights else 0
+    weights, grads = kind.weight_bytes * p, kind.grad_bytes * p
+    state = optimizer_state_bytes(config, levers)
+    framework = FRAMEWORK_BYTES.get(device, FRAMEWORK_BYTES["cpu"])
+    backward = {"weights": weights, "bf16 copies": 0 if levers.checkpointing else copies,
+                "gradients": GRADS_ALIVE_AT_PEAK * grads, "optimizer": state, "activations": activations,
+                "framework": framework}
+    forward_end = weights + copies + state + activations + framework
+    backward["bf16 copies"] += max(0, forward_end - sum(backward.values()))  # the forward's end, when higher
+    # On CPU the heap keeps the forward's freed activation memory in pieces that the gradients and the
+    # optimizer's temporaries do not fit into, so they add up there (measured: bench/memory.py).
+    step = {"weights": weights, "bf16 copies": 0, "gradients": grads,
+            "optimizer": state + OPTIMIZER_TEMP_BYTES[levers.optim] * largest_tensor(config) + IMPORT_BYTES[levers.optim],
+            "activations": activations if device == "cpu" else 0, "framework": framework}
+    if sum(step.values()) > sum(backward.values()):
+        return step, "optimizer step"
+    return backward, "backward"
 
 
 def matmul_rate(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5, enough_s: float = 0.05) -> float:
@@ -113,30 +172,40 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5, e
         size = min(2 * size, n)
 
 
-def expected_mfu(config: BashGPTConfig, device: str, use_amp: bool) -> tuple[float, bool]:
+def expected_mfu(config: BashGPTConfig, device: str, bf16: bool) -> tuple[float, bool]:
     if device != "cpu":
         return ASSUMED_MFU.get(device, 0.4), False
-    small, large = CPU_MFU["bf16" if use_amp else "fp32"]
+    small, large = CPU_MFU["bf16" if bf16 else "fp32"]
     frac = (math.log(config.hidden_size) - math.log(128)) / (math.log(768) - math.log(128))
     return small + (large - small) * min(max(frac, 0.0), 1.0), True
 
 
-def estimate(preset: str, batch_size: int, seq_len: int, use_amp: bool = False,
-             use_gradient_checkpointing: bool = False, gradient_accumulation_steps: int = 1,
+@functools.cache
+def device_matmul_rate(device: str, dtype: torch.dtype) -> float:
+    """matmul_rate, measured once per process (a plan compares many combinations)."""
+    return matmul_rate(device, dtype)
+
+
+def estimate(preset: str, batch_size: int, seq_len: int, levers: Levers | None = None, gradient_accumulation_steps: int = 1,
              device: str = "auto", config: BashGPTConfig | None = None, measure: bool = True) -> Estimate:
-    device = resolve_device(device)
+    device = resolve_device(device) if measure or device == "auto" else device  # figures for another machine's device
+    levers = levers or Levers()
     config = config or BashGPTConfig.from_preset(preset)
-    parts = memory_parts(config, batch_size, seq_len, use_amp, use_gradient_checkpointing, device)
+    parts, peak_at = memory_parts(config, batch_size, seq_len, levers, device)
     tokens = batch_size * seq_len * gradient_accumulation_steps
     flops = training_flops_per_token(config, seq_len) * tokens
-    if use_gradient_checkpointing:  # the blocks' forward runs twice
+    if levers.checkpointing:  # the blocks' forward runs twice
         flops += 2 * non_embedding_params(config) * tokens + 4 * config.num_hidden_layers * config.hidden_size * seq_len * tokens
-    mfu, measured = expected_mfu(config, device, use_amp)
-    peak = matmul_rate(device, torch.bfloat16 if use_amp else torch.float32) if measure else float("nan")
-    return Estimate(preset=preset, parameters=parameter_count(config), parts=parts, total=sum(parts.values()),
-                    available=device_memory_bytes(device), flops_per_step=flops,
-                    seconds_per_step=flops / (peak * mfu) if measure else None, mfu=mfu, mfu_measured=measured,
-                    device=device, peak_flops=peak)
+    mfu, measured = expected_mfu(config, device, levers.bf16_compute)
+    peak = device_matmul_rate(device, torch.bfloat16 if levers.bf16_compute else torch.float32) if measure else float("nan")
+    seconds = None
+    if measure:
+        optimizer = CPU_OPTIMIZER_SECONDS[levers.optim] * parameter_count(config) if device == "cpu" else 0.0
+        seconds = flops / (peak * mfu) + optimizer
+    return Estimate(preset=preset, parameters=parameter_count(config), parts=parts, peak_at=peak_at,
+                    total=sum(parts.values()), available=device_memory_bytes(device), flops_per_step=flops,
+                    seconds_per_step=seconds, mfu=mfu, mfu_measured=measured, device=device, peak_flops=peak,
+                    levers=levers)
 
 
 def gib(x: float) -> str:
@@ -146,9 +215,14 @@ def gib(x: float) -> str:
 def format_estimate(e: Estimate, batch_size: int, seq_len: int, accumulation: int) -> str:
     lines = [f"bashgpt {e.preset}: {e.parameters / 1e6:.1f}M parameters, batch {batch_size} x {seq_len} tokens"
              + (f" x {accumulation} accumulation steps" if accumulation > 1 else "") + f", on {e.device}"]
+    lv = e.levers
+    lines.append(f"settings: --optim {lv.optim}, checkpointing {'on' if lv.checkpointing else 'off'}, "
+                 f"{'bf16 autocast' if lv.use_amp else 'bf16 weights' if lv.kind.bf16_weights else 'float32'}, "
+                 f"{lv.attention} attention; the peak comes at the {e.peak_at}:")
     for name, value in e.parts.items():
-        lines.append(f"  {name:<12} {gib(value):>10}")
-    lines.append(f"  {'total':<12} {gib(e.total):>10}")
+        if value:
+            lines.append(f"  {name:<12} {gib(value):>10}")
+    lines.append(f"  {'peak':<12} {gib(e.total):>10}")
     if e.available is not None:
         what = "GPU memory" if e.device == "cuda" else "half of the RAM (MPS)" if e.device == "mps" else "RAM"
         verdict = "fits" if e.fits else "does NOT fit"
@@ -163,6 +237,6 @@ def format_estimate(e: Estimate, batch_size: int, seq_len: int, accumulation: in
 
 def fit_advice(e: Estimate) -> str | None:
     if e.fits is False:
-        return (f"the estimate ({gib(e.total)}) exceeds this device's {gib(e.available)}: lower --batch-size or --seq-len, "
-                f"add --use-gradient-checkpointing or --use-amp, or use a smaller --model-size")
+        return (f"the estimate ({gib(e.total)}) exceeds this device's {gib(e.available)}: pass --memory-budget to let "
+                f"bashgpt pick the memory levers, lower --batch-size or --seq-len, or use a smaller --model-size")
     return None

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from ..configuration_bashgpt import PRESETS
 from ..data.corpus import STDLIB, TINYSTORIES
 from ..devices import DEVICES
+from .levers import ATTENTIONS, OPTIMIZERS
 
 STAGES = ("language", "code")
 
@@ -62,6 +63,10 @@ class TrainOptions:
     use_gradient_checkpointing: bool = False
     use_rmsnorm: bool = False
     use_rope: bool = False
+    optim: str | None = None  # default adamw; --memory-budget may choose another
+    attention: str = "auto"
+    memory_budget: str | None = None  # e.g. "18GB"; default on MPS: half of the machine's memory
+    fsdp: bool = False
     resume: bool = False
     overwrite: bool = False
     seed: int = 42
@@ -146,6 +151,16 @@ def add_train_arguments(parser: argparse.ArgumentParser, stage: str | None = Non
     g.add_argument("--use-amp", action="store_true",
                    help="mixed precision: bf16 on CPU, Ampere+ CUDA and MPS (macOS 14+); fp16 on older CUDA")
     g.add_argument("--use-gradient-checkpointing", action="store_true", help="recompute activations: less memory, ~30%% slower")
+    g.add_argument("--optim", choices=list(OPTIMIZERS),
+                   help="adamw (fused, float32: 16 bytes/parameter; the default), adamw-8bit (bitsandbytes, CPU and CUDA: "
+                        "10), adamw-bf16 (bf16 weights with Kahan summation, torch-optimi: 10), adafactor (~8)")
+    g.add_argument("--attention", choices=ATTENTIONS, default="auto",
+                   help="training attention: auto = query-chunked on MPS (its sdpa keeps T x T matrices), sdpa elsewhere")
+    g.add_argument("--memory-budget", metavar="SIZE",
+                   help="e.g. 18GB: pick the fastest memory levers (optimizer, checkpointing, autocast) whose predicted "
+                        "peak fits, before any work; flags you give are kept (default on MPS: half of the memory)")
+    g.add_argument("--fsdp", action="store_true",
+                   help="several CUDA GPUs: shard weights, gradients and optimizer state (FSDP2, one block per unit)")
     g.add_argument("--use-rmsnorm", action="store_true", help="RMSNorm instead of LayerNorm (architecture: stage 1 only)")
     g.add_argument("--use-rope", action="store_true", help="rotary instead of learned positions (architecture: stage 1 only)")
 

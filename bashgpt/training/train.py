@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,10 +35,13 @@ from .callbacks import Advice, BestModelSaver, EpochBoundary, JsonlLog, TimeBudg
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .cpu_memory import keep_large_allocations_on_heap
 from .estimate import estimate, fit_advice
+from .levers import apply_to_model, optimizer_cls_and_kwargs
+from .memory_plan import default_budget, levers_for_run
 from .options import LOSS_TARGETS, TrainOptions
 from .progress import ProgressLine
 from .report import model_card, plot_training_curves
 from .run_safety import OOM_ADVICE, GracefulStop, Interrupted, describe_os_error, is_out_of_memory, recover_staging
+from .sharding import full_state_dict, is_sharded
 from .stability import NAN_ADVICE, SkipLedger
 from .trainer import SafeTrainer
 
@@ -81,6 +85,21 @@ def validate(opts: TrainOptions) -> None:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     if opts.time_budget is not None and not opts.time_budget > 0:
         raise UserError(f"--time-budget must be a positive number of minutes, got {opts.time_budget}")
+
+
+def check_fsdp(opts: TrainOptions, device: str) -> None:
+    """--fsdp shards over several CUDA GPUs; elsewhere Trainer would quietly run DDP (every process a full copy)."""
+    if not opts.fsdp:
+        return
+    if device != "cuda":
+        raise UserError(f"--fsdp shards a model over several CUDA GPUs; on {device} Trainer would quietly keep a full "
+                        f"copy per process instead. Drop --fsdp (and use --memory-budget to fit one device)")
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 2 and not (dist.is_available() and dist.is_initialized()):
+        raise UserError("--fsdp needs several processes: start it with accelerate launch --num_processes N "
+                        "recipes/stage1.py ... --fsdp")
 
 
 def plan_model(opts: TrainOptions):
@@ -162,7 +181,14 @@ def choose_tokenizer(opts: TrainOptions, ckpt_path: Path | None):
 
 def training_arguments(opts: TrainOptions, out: Path, device: str, precision, max_steps: int) -> TrainingArguments:
     tensorboard = importlib.util.find_spec("tensorboard") is not None
+    fsdp = {}
+    if opts.fsdp:  # FSDP2 through accelerate; one transformer block per unit (_no_split_modules)
+        fsdp = {"fsdp": "full_shard auto_wrap",
+                "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["BashGPTBlock"],
+                                "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT",
+                                "cpu_ram_efficient_loading": False}}
     return TrainingArguments(
+        **fsdp,
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=opts.batch_size,
         per_device_eval_batch_size=opts.batch_size,
@@ -205,7 +231,12 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     validate(opts)
     out = Path(opts.output_dir)
     device = resolve_device(opts.device)
+    check_fsdp(opts, device)
+    recorded = json.loads((out / "run.json").read_text()) if opts.resume and (out / "run.json").is_file() else None
+    levers, plan_text = levers_for_run(opts, preset, config, device, recorded)  # before any work: may refuse
     precision = choose_precision(device, opts.use_amp)
+    if levers.kind.bf16_weights and not precision.bf16:
+        precision.note = f"bf16 weights and optimizer state ({levers.optim})"
     max_steps = opts.num_epochs * opts.steps_per_epoch
     if opts.resume and (done := finished_at(out, max_steps)) is not None:
         return already_complete(opts, out, done, max_steps)
@@ -245,7 +276,11 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                             f"positions; lower --seq-len")
         torch.manual_seed(opts.seed)
         model = BashGPTForCausalLM(config)
-    keep_large_allocations_on_heap()  # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py)
+    apply_to_model(model, levers)  # storage dtype (bf16 for adamw-bf16) and the training attention
+    if not (opts.memory_budget or default_budget(device)):
+        # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py); under a memory budget the
+        # allocator's default, which returns freed buffers, keeps the peak lower
+        keep_large_allocations_on_heap()
     n_params = sum(p.numel() for p in model.parameters())
     world = args.world_size
     effective_batch = opts.batch_size * opts.gradient_accumulation_steps * world
@@ -258,8 +293,11 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
             f"(evaluating on {len(eval_ds)} sequences)")
 
     if run.is_main:
-        plan = estimate(preset, opts.batch_size, opts.seq_len, opts.use_amp, opts.use_gradient_checkpointing,
-                        opts.gradient_accumulation_steps, device=device, config=config)
+        if plan_text:
+            for line in plan_text.splitlines():
+                run.say(line)
+        plan = estimate(preset, opts.batch_size, opts.seq_len, levers, opts.gradient_accumulation_steps,
+                        device=device, config=config)
         run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
                 f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
                 f"about {plan.seconds_per_step:.2f} s per step, " +
@@ -283,10 +321,14 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     lineage = training_lineage(opts, ckpt_path)
 
     def save_best(model_to_save, state):
+        """Called on every process: gathering a sharded (--fsdp) model's weights takes them all."""
+        weights = full_state_dict(model_to_save) if is_sharded(model_to_save) else None
+        if not run.is_main:
+            return
         loss = advice.eval_losses[-1] if advice.eval_losses else float("nan")
         info = dict(card_info, step=state.global_step, eval_loss=loss,
                     train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
-        save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info))
+        save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info), state_dict=weights)
         (best_dir / "bashgpt_best.json").write_text(json.dumps({"step": state.global_step, "eval_loss": loss}))
         (best_dir / "bashgpt_training.json").write_text(json.dumps(lineage, indent=2) + "\n")
         run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}", console=False)
@@ -295,7 +337,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     if resume_from and (best_dir / "bashgpt_best.json").is_file():
         best_loss = json.loads((best_dir / "bashgpt_best.json").read_text())["eval_loss"]
     tokens_per_step = effective_batch * opts.seq_len
-    saver = BestModelSaver(save_best, run.is_main, best_loss)
+    saver = BestModelSaver(save_best, best_loss)
     budget = TimeBudget(opts.time_budget * 60, opts.warmup_steps) if opts.time_budget else None
     progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, tokens_per_step, run.say, opts.progress,
                             run.is_main, saver, budget)  # before the saver in the list: it asks, then the saver updates
@@ -306,11 +348,13 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
                           data_collator=default_data_collator, processing_class=tokenizer,
                           callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger,
+                          optimizer_cls_and_kwargs=None if levers.optim == "adamw" else
+                          optimizer_cls_and_kwargs(levers.optim, opts.learning_rate, device),
                           lr_factor=budget.lr_factor if budget else None)
     progress.replace_trainers_printing(trainer)
     train_guarded(trainer, stopper, resume_from, out)
 
-    if run.is_main and not ledger.abort_reason and not (best_dir / "config.json").is_file():
+    if not ledger.abort_reason and not saver.saved_once and not (best_dir / "config.json").is_file():
         run.say("warning: no finite validation loss was measured; saving the final model as best/")
         save_best(trainer.model, trainer.state)
     if run.is_main:

@@ -1,0 +1,131 @@
+"""Peak memory of real training steps under the memory levers, against `bashgpt estimate`; speed cost per lever;
+validation loss of the lean settings against float32 fused AdamW.
+
+    python bench/memory.py                       # the guide's runs under --memory-budget; writes bench/memory.md
+    python bench/memory.py --only levers         # one row per lever at tiny dimensions (speed cost, estimate)
+    python bench/memory.py --only quality        # lean settings vs fp32 AdamW, nano and tiny dimensions
+
+Each measurement runs in a fresh process (its own peak RSS, VmHWM): the model, the optimizer
+and the steps are built by the same library functions training uses (levers.py: storage dtype,
+attention, optimizer with Trainer's parameter groups; gradient checkpointing; the fused LM
+loss; gradient clipping; zero_grad(set_to_none=True)), for --steps steps (at least 2: the
+optimizer's state appears at the first). Step time is the median of the steps after the first.
+On CUDA the same probe reports torch.cuda.max_memory_allocated beside.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+# The guide's recommended runs and their memory figures (GB), at 1024 tokens.
+GUIDE_RUNS = [("tiny", 4, 2.5), ("medium", 2, 8), ("large", 4, 18), ("xlarge", 2, 24)]
+
+PROBE = r"""
+import json, sys, time, torch
+from bashgpt import BashGPTConfig, BashGPTForCausalLM
+from bashgpt.training.cpu_memory import keep_large_allocations_on_heap, peak_rss_bytes
+from bashgpt.training.levers import Levers, apply_to_model, build_optimizer
+spec = json.loads(sys.argv[1])
+if spec.get("keep_heap"):  # what training does without a memory budget (cpu_memory.py)
+    keep_large_allocations_on_heap()
+device = spec.get("device", "cpu")
+cfg = BashGPTConfig.from_preset(spec["preset"], **spec.get("config", {}))
+levers = Levers(**spec["levers"])
+torch.manual_seed(spec.get("seed", 0))
+model = apply_to_model(BashGPTForCausalLM(cfg), levers).to(device).train()
+if levers.checkpointing:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+opt = build_optimizer(model, levers.optim, spec.get("lr", 3e-4), 0.1, device)
+B, T = spec["batch"], spec["seq"]
+data = spec.get("data")
+if data:
+    tokens = torch.load(data, weights_only=True)
+gen = torch.Generator().manual_seed(1)
+times, losses = [], []
+for step in range(spec["steps"]):
+    if data:
+        starts = torch.randint(0, len(tokens) - T, (B,), generator=gen)
+        ids = torch.stack([tokens[s:s + T] for s in starts]).to(device)
+    else:
+        ids = torch.randint(0, cfg.vocab_size, (B, T), generator=gen).to(device)
+    start = time.perf_counter()
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=levers.use_amp):
+        loss = model(input_ids=ids, labels=ids, fused_lm_loss=True).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    times.append(time.perf_counter() - start)
+    losses.append(loss.item())
+result = {"peak": peak_rss_bytes(), "step": sorted(times[1:])[len(times[1:]) // 2], "losses": losses}
+if spec.get("eval"):
+    model.eval()
+    etoks = torch.load(spec["eval"], weights_only=True)
+    n = (len(etoks) - 1) // T
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=levers.use_amp):
+        ids = etoks[: n * T].view(n, T).to(device)
+        result["eval_loss"] = sum(model(input_ids=ids[i:i + 4], labels=ids[i:i + 4]).loss.item() * len(ids[i:i + 4])
+                                  for i in range(0, n, 4)) / n
+if device == "cuda":
+    result["cuda_peak"] = torch.cuda.max_memory_allocated()
+print(json.dumps(result))
+"""
+
+
+def probe(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def guide_rows(args) -> list[str]:
+    """The guide's runs under --memory-budget (its memory figure): the plan, then the measured peak."""
+    from bashgpt.training.estimate import estimate
+    from bashgpt.training.levers import Levers, resolve_attention
+    from bashgpt.training.memory_plan import plan_memory
+
+    rows = ["| preset | batch x seq | budget | chosen levers | estimate | measured peak | est/measured | s/step |",
+            "|---|---|---|---|---|---|---|---|"]
+    for preset, batch, budget_gb in GUIDE_RUNS:
+        given = Levers(attention=resolve_attention("auto", args.device))
+        plan = plan_memory(preset, batch, 1024, args.device, int(budget_gb * 2**30), given, set())
+        lv = plan.levers
+        r = probe({"preset": preset, "batch": batch, "seq": 1024, "steps": args.steps, "device": args.device,
+                   "levers": {"optim": lv.optim, "use_amp": lv.use_amp, "checkpointing": lv.checkpointing,
+                              "attention": lv.attention}})
+        e = estimate(preset, batch, 1024, lv, device=args.device, measure=False)
+        peak = r.get("cuda_peak", r["peak"])
+        levers = f"{lv.optim}, checkpointing {'on' if lv.checkpointing else 'off'}, {'bf16 autocast' if lv.use_amp else 'fp32'}"
+        rows.append(f"| {preset} | {batch} x 1024 | {budget_gb:g} GB | {levers} | {e.total / 2**30:.2f} GB | "
+                    f"{peak / 2**30:.2f} GB | {e.total / peak - 1:+.0%} | {r['step']:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    from run import cpu_description  # bench/run.py
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", choices=("guide", "levers", "quality"))
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    machine = cpu_description()
+    print(machine, flush=True)
+    sections = {}
+    if args.only in (None, "guide"):
+        sections["guide"] = guide_rows(args)
+    out = HERE / f"memory-{args.only or 'all'}.json"
+    out.write_text(json.dumps({"machine": machine, **sections}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
