@@ -88,6 +88,7 @@ def probe(spec: dict) -> dict:
 
 def guide_rows(args) -> list[str]:
     """The guide's runs under --memory-budget (its memory figure): the plan, then the measured peak."""
+    from bashgpt.devices import bf16_is_fast
     from bashgpt.training.estimate import estimate
     from bashgpt.training.levers import Levers, resolve_attention
     from bashgpt.training.memory_plan import plan_memory
@@ -98,12 +99,18 @@ def guide_rows(args) -> list[str]:
         given = Levers(attention=resolve_attention("auto", args.device))
         plan = plan_memory(preset, batch, 1024, args.device, int(budget_gb * 2**30), given, set())
         lv = plan.levers
+        e = estimate(preset, batch, 1024, lv, device=args.device, measure=False)
+        levers = f"{lv.optim}, checkpointing {'on' if lv.checkpointing else 'off'}, {'bf16 autocast' if lv.use_amp else 'fp32'}"
+        if lv.bf16_compute and args.device == "cpu" and not bf16_is_fast("cpu"):
+            rows.append(f"| {preset} | {batch} x 1024 | {budget_gb:g} GB | {levers} | {e.total / 2**30:.2f} GB | not "
+                        f"measured: bf16 is emulated on this CPU (about {plan.estimate.seconds_per_step / 60:.0f} min "
+                        f"per step) | | |")
+            print(rows[-1], flush=True)
+            continue
         r = probe({"preset": preset, "batch": batch, "seq": 1024, "steps": args.steps, "device": args.device,
                    "levers": {"optim": lv.optim, "use_amp": lv.use_amp, "checkpointing": lv.checkpointing,
                               "attention": lv.attention}})
-        e = estimate(preset, batch, 1024, lv, device=args.device, measure=False)
         peak = r.get("cuda_peak", r["peak"])
-        levers = f"{lv.optim}, checkpointing {'on' if lv.checkpointing else 'off'}, {'bf16 autocast' if lv.use_amp else 'fp32'}"
         rows.append(f"| {preset} | {batch} x 1024 | {budget_gb:g} GB | {levers} | {e.total / 2**30:.2f} GB | "
                     f"{peak / 2**30:.2f} GB | {e.total / peak - 1:+.0%} | {r['step']:.1f} |")
         print(rows[-1], flush=True)
