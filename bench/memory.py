@@ -100,7 +100,8 @@ def guide_rows(args) -> list[str]:
         plan = plan_memory(preset, batch, 1024, args.device, int(budget_gb * 2**30), given, set())
         lv = plan.levers
         e = estimate(preset, batch, 1024, lv, device=args.device, measure=False)
-        levers = f"{lv.optim}, checkpointing {'on' if lv.checkpointing else 'off'}, {'bf16 autocast' if lv.use_amp else 'fp32'}"
+        compute = "bf16 autocast" if lv.use_amp else "bf16 weights" if lv.kind.bf16_weights else "fp32"
+        levers = f"{lv.optim}, checkpointing {'on' if lv.checkpointing else 'off'}, {compute}"
         if lv.bf16_compute and args.device == "cpu" and not bf16_is_fast("cpu"):
             rows.append(f"| {preset} | {batch} x 1024 | {budget_gb:g} GB | {levers} | {e.total / 2**30:.2f} GB | not "
                         f"measured: bf16 is emulated on this CPU (about {plan.estimate.seconds_per_step / 60:.0f} min "
@@ -117,6 +118,67 @@ def guide_rows(args) -> list[str]:
     return rows
 
 
+QUALITY = [("nano", {}, 8, 128, 200, ["adamw-8bit", "adamw-bf16"]),
+           ("tiny", {}, 2, 128, 60, ["adamw-8bit"])]
+
+
+def token_files(folder: Path) -> tuple[str, str]:
+    """Offline English (the stdlib corpus) through the repository's tokenizer: train and validation token streams."""
+    import torch
+
+    from bashgpt.data.corpus import STDLIB, load_corpus
+    from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+
+    tok = load_tokenizer(default_tokenizer_dir())
+    corpus = load_corpus(STDLIB, seed=0)
+    paths = []
+    for split, limit in (("train", None), ("validation", 40_000)):
+        ids = [i for text in corpus[split]["text"] for i in tok(text)["input_ids"] + [tok.eos_token_id]]
+        paths.append(str(folder / f"{split}.pt"))
+        torch.save(torch.tensor(ids[:limit]), paths[-1])
+    return paths[0], paths[1]
+
+
+def quality_rows(args) -> list[str]:
+    """Same data, seed and steps: validation loss of each lean optimizer against float32 fused AdamW."""
+    import tempfile
+
+    rows = ["| dimensions | batch x seq | steps | optimizer | validation loss | vs adamw | s/step |", "|---|---|---|---|---|---|---|"]
+    curves = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        train, val = token_files(Path(tmp))
+        for preset, cfg, batch, seq, steps, lean in QUALITY:
+            base = None
+            for optim in ["adamw", *lean]:
+                r = probe({"preset": preset, "config": cfg, "batch": batch, "seq": seq, "steps": steps, "lr": 1e-3,
+                           "levers": {"optim": optim}, "data": train, "eval": val, "device": args.device})
+                base = base or r["eval_loss"]
+                curves[f"{preset}/{optim}"] = r["losses"]
+                rows.append(f"| {preset} | {batch} x {seq} | {steps} | {optim} | {r['eval_loss']:.4f} | "
+                            f"{r['eval_loss'] / base - 1:+.2%} | {r['step']:.2f} |")
+                print(rows[-1], flush=True)
+    plot_curves(curves)
+    return rows
+
+
+def plot_curves(curves: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    presets = sorted({k.split("/")[0] for k in curves})
+    fig, axes = plt.subplots(1, len(presets), figsize=(6 * len(presets), 4))
+    for ax, preset in zip(axes if len(presets) > 1 else [axes], presets, strict=True):
+        for key, losses in curves.items():
+            if key.startswith(preset + "/"):
+                ax.plot(range(1, len(losses) + 1), losses, label=key.split("/")[1], linewidth=1)
+        ax.set(title=f"{preset} dimensions: training loss", xlabel="step", ylabel="loss")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "memory_quality.png", dpi=100)
+
+
 def main():
     from run import cpu_description  # bench/run.py
 
@@ -130,8 +192,32 @@ def main():
     sections = {}
     if args.only in (None, "guide"):
         sections["guide"] = guide_rows(args)
-    out = HERE / f"memory-{args.only or 'all'}.json"
-    out.write_text(json.dumps({"machine": machine, **sections}, indent=1))
+    if args.only in (None, "quality"):
+        sections["quality"] = quality_rows(args)
+    for name, rows in sections.items():
+        (HERE / f"memory-{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    write_report()
+
+
+INTRO = {
+    "guide": "## The guide's runs under `--memory-budget` (seq 1024)\n\nThe levers are what the plan chose on this "
+             "machine (`plan_memory`, as `bashgpt train --memory-budget` does); each row is a fresh process running "
+             "real training steps with them; peak RSS (VmHWM) against `bashgpt estimate`.",
+    "quality": "## Quality: lean optimizers against float32 fused AdamW\n\nSame data (the offline English corpus "
+               "through the repository's tokenizer), seed, batches and steps; validation loss on held-out text after "
+               "the last step. Training curves: `memory_quality.png`.",
+}
+
+
+def write_report() -> None:
+    """bench/memory.md from the sections' latest results (memory-guide.json, memory-quality.json)."""
+    parts = ["# Memory levers: measured\n", __doc__.split("\n\n")[1].strip() + "\n"]
+    for name, intro in INTRO.items():
+        path = HERE / f"memory-{name}.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            parts += [intro + f"\n\nMachine: {data['machine']}.\n", "\n".join(data["rows"]) + "\n"]
+    (HERE / "memory.md").write_text("\n".join(parts))
 
 
 if __name__ == "__main__":
