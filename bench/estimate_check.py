@@ -45,6 +45,7 @@ print(json.dumps({"peak": peak_rss_bytes(), "step": sorted(times[1:])[1]}))
 
 def main():
     from bashgpt.training.estimate import estimate
+    from bashgpt.training.levers import Levers
 
     rows = ["| preset | batch | amp | checkpointing | memory est / measured | time est / measured |", "|---|---|---|---|---|---|"]
     worst = 0.0
@@ -52,7 +53,7 @@ def main():
         out = subprocess.run([sys.executable, "-c", PROBE, size, str(b), str(t), str(int(amp)), str(int(gc))],
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         measured = json.loads(out)
-        e = estimate(size, b, t, amp, gc, device="cpu")
+        e = estimate(size, b, t, Levers(use_amp=amp, checkpointing=gc), device="cpu")
         dm, dt = e.total / measured["peak"] - 1, e.seconds_per_step / measured["step"] - 1
         worst = max(worst, abs(dm), abs(dt))
         rows.append(f"| {size} | {b}x{t} | {amp} | {gc} | {e.total / 2**30:.2f} / {measured['peak'] / 2**30:.2f} GB "

@@ -23,15 +23,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 # The guide's recommended runs and their memory figures (GB), at 1024 tokens.
-GUIDE_RUNS = [("tiny", 4, 2.5), ("medium", 2, 8), ("large", 4, 18), ("xlarge", 2, 24)]
+GUIDE_RUNS = [("tiny", 4, 2.5), ("medium", 2, 8), ("xlarge", 2, 24), ("large", 4, 18)]
 
 PROBE = r"""
 import json, sys, time, torch
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
-from bashgpt.training.cpu_memory import keep_large_allocations_on_heap, peak_rss_bytes
+from bashgpt.training.cpu_memory import keep_large_allocations_on_heap, peak_rss_bytes, return_freed_memory
 from bashgpt.training.levers import Levers, apply_to_model, build_optimizer
 spec = json.loads(sys.argv[1])
-if spec.get("keep_heap"):  # what training does without a memory budget (cpu_memory.py)
+if spec.get("budget"):  # what training does under a memory budget, and without one (cpu_memory.py)
+    return_freed_memory()
+else:
     keep_large_allocations_on_heap()
 device = spec.get("device", "cpu")
 cfg = BashGPTConfig.from_preset(spec["preset"], **spec.get("config", {}))
@@ -58,13 +60,16 @@ for step in range(spec["steps"]):
         loss = model(input_ids=ids, labels=ids, fused_lm_loss=True).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt_start = time.perf_counter()
     opt.step()
+    opt_time = time.perf_counter() - opt_start
     opt.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
     times.append(time.perf_counter() - start)
     losses.append(loss.item())
-result = {"peak": peak_rss_bytes(), "step": sorted(times[1:])[len(times[1:]) // 2], "losses": losses}
+result = {"peak": peak_rss_bytes(), "step": sorted(times[1:])[len(times[1:]) // 2], "losses": losses,
+          "optimizer_step": opt_time}
 if spec.get("eval"):
     model.eval()
     etoks = torch.load(spec["eval"], weights_only=True)
@@ -108,12 +113,40 @@ def guide_rows(args) -> list[str]:
                         f"per step) | | |")
             print(rows[-1], flush=True)
             continue
-        r = probe({"preset": preset, "batch": batch, "seq": 1024, "steps": args.steps, "device": args.device,
+        r = probe({"preset": preset, "batch": batch, "seq": 1024, "steps": args.steps, "device": args.device, "budget": True,
                    "levers": {"optim": lv.optim, "use_amp": lv.use_amp, "checkpointing": lv.checkpointing,
                               "attention": lv.attention}})
         peak = r.get("cuda_peak", r["peak"])
         rows.append(f"| {preset} | {batch} x 1024 | {budget_gb:g} GB | {levers} | {e.total / 2**30:.2f} GB | "
                     f"{peak / 2**30:.2f} GB | {e.total / peak - 1:+.0%} | {r['step']:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+LEVER_ROWS = [("adamw", {}), ("adamw", {"checkpointing": True}), ("adamw-8bit", {}), ("adamw-bf16", {}),
+              ("adafactor", {}), ("adamw", {"use_amp": True}), ("adamw", {"attention": "chunked"})]
+
+
+def lever_rows(args) -> list[str]:
+    """One lever at a time at tiny dimensions (batch 2 x 512): time per step and peak against plain fused AdamW."""
+    from bashgpt.devices import bf16_is_fast
+    from bashgpt.training.estimate import estimate
+    from bashgpt.training.levers import Levers
+
+    rows = ["| lever | s/step | vs adamw | optimizer step s | peak RSS | estimate |", "|---|---|---|---|---|---|"]
+    base = None
+    for optim, extra in LEVER_ROWS:
+        lv = Levers(optim=optim, **extra)
+        name = optim + "".join(f", {k}={v}" for k, v in extra.items())
+        e = estimate("tiny", 2, 512, lv, device=args.device, measure=False)
+        if lv.bf16_compute and args.device == "cpu" and not bf16_is_fast("cpu"):
+            rows.append(f"| {name} | not measured: bf16 is emulated on this CPU | | | | {e.total / 2**30:.2f} GB |")
+            continue
+        r = probe({"preset": "tiny", "batch": 2, "seq": 512, "steps": 3, "device": args.device,
+                   "levers": {"optim": optim, **extra}})
+        base = base or r["step"]
+        rows.append(f"| {name} | {r['step']:.2f} | {r['step'] / base:.2f}x | {r['optimizer_step']:.3f} | "
+                    f"{r['peak'] / 2**30:.2f} GB | {e.total / 2**30:.2f} GB |")
         print(rows[-1], flush=True)
     return rows
 
@@ -192,6 +225,8 @@ def main():
     sections = {}
     if args.only in (None, "guide"):
         sections["guide"] = guide_rows(args)
+    if args.only in (None, "levers"):
+        sections["levers"] = lever_rows(args)
     if args.only in (None, "quality"):
         sections["quality"] = quality_rows(args)
     for name, rows in sections.items():
@@ -200,6 +235,8 @@ def main():
 
 
 INTRO = {
+    "levers": "## Speed cost of each lever, one at a time (tiny dimensions, batch 2 x 512, 3 steps)\n\nMedian step "
+              "time after the first, the optimizer step alone, and peak RSS, in one run; ratios against fused AdamW.",
     "guide": "## The guide's runs under `--memory-budget` (seq 1024)\n\nThe levers are what the plan chose on this "
              "machine (`plan_memory`, as `bashgpt train --memory-budget` does); each row is a fresh process running "
              "real training steps with them; peak RSS (VmHWM) against `bashgpt estimate`.",
@@ -216,7 +253,8 @@ def write_report() -> None:
         path = HERE / f"memory-{name}.json"
         if path.is_file():
             data = json.loads(path.read_text())
-            parts += [intro + f"\n\nMachine: {data['machine']}.\n", "\n".join(data["rows"]) + "\n"]
+            rows = data.get("rows") or data.get(name)
+            parts += [intro + f"\n\nMachine: {data['machine']}.\n", "\n".join(rows) + "\n"]
     (HERE / "memory.md").write_text("\n".join(parts))
 
 

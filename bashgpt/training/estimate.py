@@ -9,8 +9,7 @@ s = 2 bytes per stored activation value when computing in bf16, else 4. The peak
                checkpointing they are dropped after the forward pass, and recomputed block by block.
   optimizer    weights + all gradients + optimizer state + the optimizer's temporaries (bitsandbytes'
   step         8-bit AdamW on CPU works through ~20 bytes per value of the tensor it updates, Adafactor ~8,
-               torch-optimi one tensor at a time ~2; fused AdamW none); on CPU + the activations, whose freed
-               memory the heap keeps in pieces
+               torch-optimi one tensor at a time ~2; fused AdamW none)
 
   weights, gradients, state: bytes per parameter by optimizer (levers.py): adamw 4+4+8, adamw-8bit 4+4+2,
                adamw-bf16 2+2+6, adafactor 4+4+factored rows and columns
@@ -22,7 +21,8 @@ s = 2 bytes per stored activation value when computing in bf16, else 4. The peak
                B x H x T x T x (4 + s) per layer kept (one layer with checkpointing); the chunked one none.
   framework    0.52 GB on CPU: PyTorch itself (0.37 GB) and working buffers (loss chunks, allocator slack)
 The coefficients were fitted to peak RSS measured on a 2-core CPU (bench/memory.py and bench/estimate_check.py
-check them).
+check them). Under --memory-budget, training on CPU returns freed buffers to the system (cpu_memory.py), so the
+peak is what is alive at once; without a budget it keeps them for speed, and the peak can be higher.
 
 Time: FLOPs per optimizer step (6 x (N_non-embedding + V d) + 12 L d T per token, + a forward's worth of
 block FLOPs again with checkpointing) divided by the device's matmul rate in the compute dtype, measured now,
@@ -131,11 +131,9 @@ def memory_parts(config: BashGPTConfig, batch_size: int, seq_len: int, levers: L
                 "framework": framework}
     forward_end = weights + copies + state + activations + framework
     backward["bf16 copies"] += max(0, forward_end - sum(backward.values()))  # the forward's end, when higher
-    # On CPU the heap keeps the forward's freed activation memory in pieces that the gradients and the
-    # optimizer's temporaries do not fit into, so they add up there (measured: bench/memory.py).
     step = {"weights": weights, "bf16 copies": 0, "gradients": grads,
             "optimizer": state + OPTIMIZER_TEMP_BYTES[levers.optim] * largest_tensor(config) + IMPORT_BYTES[levers.optim],
-            "activations": activations if device == "cpu" else 0, "framework": framework}
+            "activations": 0, "framework": framework}
     if sum(step.values()) > sum(backward.values()):
         return step, "optimizer step"
     return backward, "backward"

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..inference.modelio import save_model_folder
 from .callbacks import Advice, BestModelSaver, EpochBoundary, JsonlLog, TimeBudget
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
-from .cpu_memory import keep_large_allocations_on_heap
+from .cpu_memory import keep_large_allocations_on_heap, return_freed_memory
 from .estimate import estimate, fit_advice
 from .levers import apply_to_model, optimizer_cls_and_kwargs
 from .memory_plan import default_budget, levers_for_run
@@ -46,7 +46,8 @@ from .stability import NAN_ADVICE, SkipLedger
 from .trainer import SafeTrainer
 
 # Options that may differ between a run and its --resume without making it another run.
-RESUME_MUTABLE = {"resume", "overwrite", "progress", "num_proc", "cache_dir", "device", "use_compile"}
+RESUME_MUTABLE = {"resume", "overwrite", "progress", "num_proc", "cache_dir", "device", "use_compile", "memory_budget",
+                  "attention"}  # a resumed run keeps the levers it recorded, whatever the budget
 
 
 class Run:
@@ -277,10 +278,10 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         torch.manual_seed(opts.seed)
         model = BashGPTForCausalLM(config)
     apply_to_model(model, levers)  # storage dtype (bf16 for adamw-bf16) and the training attention
-    if not (opts.memory_budget or default_budget(device)):
-        # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py); under a memory budget the
-        # allocator's default, which returns freed buffers, keeps the peak lower
-        keep_large_allocations_on_heap()
+    if opts.memory_budget or default_budget(device):
+        return_freed_memory()  # CPU under a budget: the peak is what is alive at once (cpu_memory.py)
+    else:
+        keep_large_allocations_on_heap()  # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py)
     n_params = sum(p.numel() for p in model.parameters())
     world = args.world_size
     effective_batch = opts.batch_size * opts.gradient_accumulation_steps * world
