@@ -78,8 +78,8 @@ def test_plan_keeps_settings_that_fit_and_never_overrides_a_flag():
     assert not tight.kept and tight.estimate.total <= 18 * 2**30 and tight.levers != Levers()
     fixed = plan_memory("large", 4, 1024, "cpu", 18 * 2**30, Levers(optim="adamw-bf16"), {"optim"})
     assert fixed.levers.optim == "adamw-bf16"
-    with pytest.raises(UserError, match="nothing fits .* --batch-size 1|nothing fits .* --model-size"):
-        plan_memory("large", 4, 1024, "cpu", 18 * 2**30, Levers(optim="adamw"), {"optim"})
+    with pytest.raises(UserError, match="nothing fits the 12.00 GB .* use --model-size medium"):
+        plan_memory("large", 4, 1024, "cpu", 12 * 2**30, Levers(optim="adamw"), {"optim"})  # 16 bytes/parameter
 
 
 def test_default_budget_is_half_the_memory_on_a_mac_only(monkeypatch):
