@@ -191,7 +191,8 @@ def cmd_estimate(args):
         print(format_candidates(plan))
         print(format_plan(plan, fixed, device))
         levers = plan.levers
-    e = estimate(args.model_size, args.batch_size, args.seq_len, levers, args.gradient_accumulation_steps, device=device)
+    e = estimate(args.model_size, args.batch_size, args.seq_len, levers, args.gradient_accumulation_steps, device=device,
+                 budgeted=bool(args.memory_budget))
     print(format_estimate(e, args.batch_size, args.seq_len, args.gradient_accumulation_steps))
     advice = None if args.memory_budget else fit_advice(e)
     if advice:

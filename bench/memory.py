@@ -91,35 +91,48 @@ def probe(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def guide_rows(args) -> list[str]:
-    """The guide's runs under --memory-budget (its memory figure): the plan, then the measured peak."""
+def guide_rows(args) -> list[dict]:
+    """The guide's runs under --memory-budget (its memory figure): the plan's levers, then the measured peak."""
     from bashgpt.devices import bf16_is_fast
-    from bashgpt.training.estimate import estimate
     from bashgpt.training.levers import Levers, resolve_attention
     from bashgpt.training.memory_plan import plan_memory
 
-    rows = ["| preset | batch x seq | budget | chosen levers | estimate | measured peak | est/measured | s/step |",
-            "|---|---|---|---|---|---|---|---|"]
+    records = []
     for preset, batch, budget_gb in GUIDE_RUNS:
         given = Levers(attention=resolve_attention("auto", args.device))
         plan = plan_memory(preset, batch, 1024, args.device, int(budget_gb * 2**30), given, set())
         lv = plan.levers
-        e = estimate(preset, batch, 1024, lv, device=args.device, measure=False)
+        record = {"preset": preset, "batch": batch, "budget_gb": budget_gb, "device": args.device,
+                  "levers": {"optim": lv.optim, "use_amp": lv.use_amp, "checkpointing": lv.checkpointing,
+                             "attention": lv.attention}}
+        if lv.bf16_compute and args.device == "cpu" and not bf16_is_fast("cpu"):
+            record["skipped"] = f"bf16 is emulated on this CPU (about {plan.estimate.seconds_per_step / 60:.0f} min per step)"
+        else:
+            r = probe({"preset": preset, "batch": batch, "seq": 1024, "steps": args.steps, "device": args.device,
+                       "budget": True, "levers": record["levers"]})
+            record.update(peak=r.get("cuda_peak", r["peak"]), step=r["step"])
+        records.append(record)
+        print(render_guide([record])[-1], flush=True)
+    return records
+
+
+def render_guide(records: list[dict]) -> list[str]:
+    """Table rows, with the estimate as bashgpt computes it now (budgeted: freed buffers go back)."""
+    from bashgpt.training.estimate import estimate
+    from bashgpt.training.levers import Levers
+
+    rows = ["| preset | batch x seq | budget | chosen levers | estimate | measured peak | est/measured | s/step |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lv = Levers(**r["levers"])
+        e = estimate(r["preset"], r["batch"], 1024, lv, device=r["device"], measure=False, budgeted=True)
         compute = "bf16 autocast" if lv.use_amp else "bf16 weights" if lv.kind.bf16_weights else "fp32"
         levers = f"{lv.optim}, checkpointing {'on' if lv.checkpointing else 'off'}, {compute}"
-        if lv.bf16_compute and args.device == "cpu" and not bf16_is_fast("cpu"):
-            rows.append(f"| {preset} | {batch} x 1024 | {budget_gb:g} GB | {levers} | {e.total / 2**30:.2f} GB | not "
-                        f"measured: bf16 is emulated on this CPU (about {plan.estimate.seconds_per_step / 60:.0f} min "
-                        f"per step) | | |")
-            print(rows[-1], flush=True)
-            continue
-        r = probe({"preset": preset, "batch": batch, "seq": 1024, "steps": args.steps, "device": args.device, "budget": True,
-                   "levers": {"optim": lv.optim, "use_amp": lv.use_amp, "checkpointing": lv.checkpointing,
-                              "attention": lv.attention}})
-        peak = r.get("cuda_peak", r["peak"])
-        rows.append(f"| {preset} | {batch} x 1024 | {budget_gb:g} GB | {levers} | {e.total / 2**30:.2f} GB | "
-                    f"{peak / 2**30:.2f} GB | {e.total / peak - 1:+.0%} | {r['step']:.1f} |")
-        print(rows[-1], flush=True)
+        head = f"| {r['preset']} | {r['batch']} x 1024 | {r['budget_gb']:g} GB | {levers} | {e.total / 2**30:.2f} GB |"
+        if "skipped" in r:
+            rows.append(f"{head} not measured: {r['skipped']} | | |")
+        else:
+            rows.append(f"{head} {r['peak'] / 2**30:.2f} GB | {e.total / r['peak'] - 1:+.0%} | {r['step']:.1f} |")
     return rows
 
 
@@ -253,7 +266,7 @@ def write_report() -> None:
         path = HERE / f"memory-{name}.json"
         if path.is_file():
             data = json.loads(path.read_text())
-            rows = data.get("rows") or data.get(name)
+            rows = render_guide(data["rows"]) if name == "guide" else data["rows"]
             parts += [intro + f"\n\nMachine: {data['machine']}.\n", "\n".join(rows) + "\n"]
     (HERE / "memory.md").write_text("\n".join(parts))
 

@@ -13,7 +13,8 @@ s = 2 bytes per stored activation value when computing in bf16, else 4. The peak
 
   weights, gradients, state: bytes per parameter by optimizer (levers.py): adamw 4+4+8, adamw-8bit 4+4+2,
                adamw-bf16 2+2+6, adafactor 4+4+factored rows and columns
-  activations  N x L x 23.4 x d x s + 4 V d: about 23 stored values of width d per token and layer (flash
+  activations  N x L x a x d x s + 4 V d: a = 23.4 stored values of width d per token and layer on CPU when
+               buffers are kept, 13.5 where freed ones go back (under --memory-budget; on GPUs) (flash
                attention keeps no T x T scores), plus the LM head's weight gradient (the fused loss computes it
                in forward); with checkpointing N x (L x d x r + 23.4 d s) + 4 V d: the block inputs (r: 4 under autocast,
                whose residual stream is float32, else s) and one block recomputed at a time.
@@ -43,7 +44,8 @@ from ..devices import device_memory_bytes, resolve_device
 from .flops import non_embedding_params, training_flops_per_token
 from .levers import Levers
 
-ACT_VALUES_PER_LAYER = 23.4  # stored activation values per token and layer, in units of d
+ACT_VALUES_PER_LAYER = 23.4  # stored activation values per token and layer, in units of d (CPU, buffers kept)
+ACT_VALUES_FREED = 13.5  # the same where freed buffers go back (CPU under a budget; GPUs' caching allocators)
 FRAMEWORK_BYTES = {"cpu": 0.52 * 2**30, "cuda": 0.6 * 2**30, "mps": 0.6 * 2**30}
 GRADS_ALIVE_AT_PEAK = 0.53
 # Bytes of temporaries per value of the largest tensor, while the optimizer updates it (CPU, bench/memory.py).
@@ -106,8 +108,9 @@ def attention_bytes_per_layer(config: BashGPTConfig, batch_size: int, seq_len: i
 
 
 def memory_parts(config: BashGPTConfig, batch_size: int, seq_len: int, levers: Levers | None = None,
-                 device: str = "cpu") -> tuple[dict, str]:
-    """The parts of the peak (bytes) and the moment it happens: 'backward' or 'optimizer step'."""
+                 device: str = "cpu", budgeted: bool = False) -> tuple[dict, str]:
+    """The parts of the peak (bytes) and the moment it happens: 'backward' or 'optimizer step'. ``budgeted``: the
+    run has a memory budget, so on CPU freed buffers go back to the system (cpu_memory.return_freed_memory)."""
     levers = levers or Levers()
     p = parameter_count(config)
     d, layers, v = config.hidden_size, config.num_hidden_layers, config.vocab_size
@@ -117,10 +120,11 @@ def memory_parts(config: BashGPTConfig, batch_size: int, seq_len: int, levers: L
     tokens = batch_size * seq_len
     attention = attention_bytes_per_layer(config, batch_size, seq_len, levers, device, s)
     loss = 4 * v * d  # the fused loss keeps the LM head's weight gradient (float32) from forward to backward
+    per_layer = ACT_VALUES_FREED if budgeted or device != "cpu" else ACT_VALUES_PER_LAYER
     if levers.checkpointing:
-        activations = tokens * (layers * d * residual + ACT_VALUES_PER_LAYER * d * s) + attention + loss
+        activations = tokens * (layers * d * residual + per_layer * d * s) + attention + loss
     else:
-        activations = tokens * layers * ACT_VALUES_PER_LAYER * d * s + layers * attention + loss
+        activations = tokens * layers * per_layer * d * s + layers * attention + loss
     linear_params = non_embedding_params(config) + v * d
     copies = 2 * linear_params if levers.use_amp and not kind.bf16_weights else 0
     weights, grads = kind.weight_bytes * p, kind.grad_bytes * p
@@ -185,11 +189,12 @@ def device_matmul_rate(device: str, dtype: torch.dtype) -> float:
 
 
 def estimate(preset: str, batch_size: int, seq_len: int, levers: Levers | None = None, gradient_accumulation_steps: int = 1,
-             device: str = "auto", config: BashGPTConfig | None = None, measure: bool = True) -> Estimate:
+             device: str = "auto", config: BashGPTConfig | None = None, measure: bool = True,
+             budgeted: bool = False) -> Estimate:
     device = resolve_device(device) if measure or device == "auto" else device  # figures for another machine's device
     levers = levers or Levers()
     config = config or BashGPTConfig.from_preset(preset)
-    parts, peak_at = memory_parts(config, batch_size, seq_len, levers, device)
+    parts, peak_at = memory_parts(config, batch_size, seq_len, levers, device, budgeted)
     tokens = batch_size * seq_len * gradient_accumulation_steps
     flops = training_flops_per_token(config, seq_len) * tokens
     if levers.checkpointing:  # the blocks' forward runs twice

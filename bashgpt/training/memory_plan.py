@@ -77,8 +77,8 @@ def candidate_levers(device: str, given: Levers, fixed: set[str]) -> tuple[list[
 def plan_memory(preset: str, batch_size: int, seq_len: int, device: str, budget: int, given: Levers,
                 fixed: set[str], accumulation: int = 1, config: BashGPTConfig | None = None) -> Plan:
     combos, unavailable = candidate_levers(device, given, fixed)
-    candidates = [(lv, estimate(preset, batch_size, seq_len, lv, accumulation, device=device, config=config))
-                  for lv in combos]
+    candidates = [(lv, estimate(preset, batch_size, seq_len, lv, accumulation, device=device, config=config,
+                                budgeted=True)) for lv in combos]
     fastest = min(e.seconds_per_step for _, e in candidates)
     fitting = [(lv, e) for lv, e in candidates if e.total <= budget]
     if not fitting:
@@ -94,8 +94,8 @@ def nothing_fits(preset, batch_size, seq_len, device, budget, given, fixed, cand
 
     def fits(size: str, batch: int) -> bool:
         cfg = config if size == preset else None
-        return any(estimate(size, batch, seq_len, lv, device=device, config=cfg, measure=False).total <= budget
-                   for lv in combos)
+        return any(estimate(size, batch, seq_len, lv, device=device, config=cfg, measure=False,
+                            budgeted=True).total <= budget for lv in combos)
 
     offers = []
     batch = next((b for b in range(batch_size - 1, 0, -1) if fits(preset, b)), None)

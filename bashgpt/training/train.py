@@ -298,7 +298,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
             for line in plan_text.splitlines():
                 run.say(line)
         plan = estimate(preset, opts.batch_size, opts.seq_len, levers, opts.gradient_accumulation_steps,
-                        device=device, config=config)
+                        device=device, config=config, budgeted=bool(opts.memory_budget or default_budget(device)))
         run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
                 f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
                 f"about {plan.seconds_per_step:.2f} s per step, " +
