@@ -261,7 +261,8 @@ INTRO = {
 
 def write_report() -> None:
     """bench/memory.md from the sections' latest results (memory-guide.json, memory-quality.json)."""
-    parts = ["# Memory levers: measured\n", __doc__.split("\n\n")[1].strip() + "\n"]
+    usage, method = __doc__.split("\n\n")[1:3]
+    parts = ["# Memory levers: measured\n", "```\n" + usage.strip("\n") + "\n```\n", " ".join(method.split()) + "\n"]
     for name, intro in INTRO.items():
         path = HERE / f"memory-{name}.json"
         if path.is_file():
