@@ -157,3 +157,11 @@ def test_budget_run_records_its_levers_and_resume_keeps_them(tmp_path, capsys):
     assert record["optim"] != "adamw" and record["memory_budget"] == budget
     again = run_training(options(tmp_path, num_epochs=1, memory_budget=budget, resume=True))
     assert again.get("complete")  # same levers as recorded: the same run
+
+
+def test_plan_offers_bf16_autocast_on_a_mac_only_where_macos_has_it(monkeypatch):
+    for supported in (False, True):
+        monkeypatch.setattr(memory_plan, "mps_bf16_ok", lambda s=supported: s)
+        combos, unavailable = memory_plan.candidate_levers("mps", Levers(attention="chunked"), set())
+        assert any(lv.use_amp for lv in combos) == supported
+        assert not any(lv.optim == "adamw-8bit" for lv in combos) and any("adamw-8bit" in u for u in unavailable)

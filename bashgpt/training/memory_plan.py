@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, replace
 
 from ..configuration_bashgpt import PRESETS, BashGPTConfig
-from ..devices import bf16_is_fast, device_memory_bytes
+from ..devices import bf16_is_fast, device_memory_bytes, mps_bf16_ok
 from ..errors import UserError
 from .estimate import Estimate, estimate, gib
 from .levers import OPTIMIZERS, Levers, optimizer_problem, require_optimizer, resolve_attention
@@ -62,7 +62,7 @@ def candidate_levers(device: str, given: Levers, fixed: set[str]) -> tuple[list[
                 optims.append(name)
             elif problem and kind.automatic:
                 unavailable.append(problem)
-    amps = [True] if given.use_amp else [False, True]
+    amps = [True] if given.use_amp else [False, True] if device != "mps" or mps_bf16_ok() else [False]
     ckpts = [True] if given.checkpointing else [False, True]
     combos = []
     for optim in optims:
