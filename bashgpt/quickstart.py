@@ -173,11 +173,11 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
         sample = generate(model, tok, prompt, sampling, seed=0, guard=True)[0]
         print(f"----- prompt -----\n{prompt}----- model -----\n{sample.completion}\n" + "\n".join(check_report(sample.script)))
 
-    elapsed = clock.minutes_used() * 60
+    minutes = clock.minutes_used()
     summary = {"model": str(best), "stage1": s1["best"], "curves": [s1["curves"], s2["curves"]],
-               "eval": str(out / "eval.json"), "corpus": str(corpus), "minutes": round(elapsed / 60, 1)}
+               "eval": str(out / "eval.json"), "corpus": str(corpus), "minutes": round(minutes, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    say(f"Done in {elapsed / 60:.1f} minutes.")
+    say(f"Done in {minutes:.1f} minutes.")
     print(f"""   model:        {best}   (AutoModelForCausalLM / pipeline, model card README.md inside)
    plots:        {s1['curves']}
                  {s2['curves']}

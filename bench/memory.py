@@ -84,6 +84,13 @@ print(json.dumps(result))
 """
 
 
+def bf16_emulated(levers, device: str) -> bool:
+    """The levers compute in bf16 on a CPU without native bf16: a step takes minutes to hours, so not measured."""
+    from bashgpt.devices import bf16_is_fast
+
+    return levers.bf16_compute and device == "cpu" and not bf16_is_fast("cpu")
+
+
 def probe(spec: dict) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
@@ -93,7 +100,6 @@ def probe(spec: dict) -> dict:
 
 def guide_rows(args) -> list[dict]:
     """The guide's runs under --memory-budget (its memory figure): the plan's levers, then the measured peak."""
-    from bashgpt.devices import bf16_is_fast
     from bashgpt.training.levers import Levers, resolve_attention
     from bashgpt.training.memory_plan import plan_memory
 
@@ -105,7 +111,7 @@ def guide_rows(args) -> list[dict]:
         record = {"preset": preset, "batch": batch, "budget_gb": budget_gb, "device": args.device,
                   "levers": {"optim": lv.optim, "use_amp": lv.use_amp, "checkpointing": lv.checkpointing,
                              "attention": lv.attention}}
-        if lv.bf16_compute and args.device == "cpu" and not bf16_is_fast("cpu"):
+        if bf16_emulated(lv, args.device):
             record["skipped"] = f"bf16 is emulated on this CPU (about {plan.estimate.seconds_per_step / 60:.0f} min per step)"
         else:
             r = probe({"preset": preset, "batch": batch, "seq": 1024, "steps": args.steps, "device": args.device,
@@ -142,7 +148,6 @@ LEVER_ROWS = [("adamw", {}), ("adamw", {"checkpointing": True}), ("adamw-8bit", 
 
 def lever_rows(args) -> list[str]:
     """One lever at a time at tiny dimensions (batch 2 x 512): time per step and peak against plain fused AdamW."""
-    from bashgpt.devices import bf16_is_fast
     from bashgpt.training.estimate import estimate
     from bashgpt.training.levers import Levers
 
@@ -152,7 +157,7 @@ def lever_rows(args) -> list[str]:
         lv = Levers(optim=optim, **extra)
         name = optim + "".join(f", {k}={v}" for k, v in extra.items())
         e = estimate("tiny", 2, 512, lv, device=args.device, measure=False)
-        if lv.bf16_compute and args.device == "cpu" and not bf16_is_fast("cpu"):
+        if bf16_emulated(lv, args.device):
             rows.append(f"| {name} | not measured: bf16 is emulated on this CPU | | | | {e.total / 2**30:.2f} GB |")
             continue
         r = probe({"preset": "tiny", "batch": 2, "seq": 512, "steps": 3, "device": args.device,

@@ -82,7 +82,7 @@ class QualityReport:
         return dict(self.__dict__)
 
 
-def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None, progress: bool = False,
+def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None,
                    wrote: list[bool] | None = None) -> QualityReport:
     """Rates over ``scripts``; a script whose model wrote nothing (``wrote`` False: a guarded sample cut back
     to its prompt) does not count as parsing."""

@@ -82,15 +82,15 @@ def plan_memory(preset: str, batch_size: int, seq_len: int, device: str, budget:
     fastest = min(e.seconds_per_step for _, e in candidates)
     fitting = [(lv, e) for lv, e in candidates if e.total <= budget]
     if not fitting:
-        raise UserError(nothing_fits(preset, batch_size, seq_len, device, budget, given, fixed, candidates, config))
+        raise UserError(nothing_fits(preset, batch_size, seq_len, device, budget, candidates, config))
     own = next(((lv, e) for lv, e in fitting if lv == given), None)  # the settings asked for fit: nothing changes
     levers, chosen = own or min(fitting, key=lambda c: (c[1].seconds_per_step, c[1].total))
     return Plan(levers, chosen, budget, fastest, candidates, unavailable, kept=own is not None)
 
 
-def nothing_fits(preset, batch_size, seq_len, device, budget, given, fixed, candidates, config) -> str:
+def nothing_fits(preset, batch_size, seq_len, device, budget, candidates, config) -> str:
     leanest = min(e.total for _, e in candidates)
-    combos, _ = candidate_levers(device, given, fixed)
+    combos = [lv for lv, _ in candidates]
 
     def fits(size: str, batch: int) -> bool:
         cfg = config if size == preset else None
@@ -110,23 +110,23 @@ def nothing_fits(preset, batch_size, seq_len, device, budget, given, fixed, cand
             f"settings need {gib(leanest)}; use {fix}")
 
 
-def describe(levers: Levers) -> list[tuple[str, str]]:
-    return [("optimizer", f"{levers.optim} ({levers.kind.summary})"),
-            ("activation checkpointing", "on" if levers.checkpointing else "off"),
-            ("bf16 autocast", "on" if levers.use_amp else "off (bf16 weights)" if levers.kind.bf16_weights else "off"),
-            ("attention", {"sdpa": "sdpa", "chunked": "query-chunked (no T x T matrix)",
-                           "eager": "eager"}[levers.attention]),
-            ("fused LM loss", "on (always)")]
+def describe(levers: Levers) -> list[tuple[str | None, str, str]]:
+    """(Levers field or None, what it is, its setting) for each lever."""
+    return [("optim", "optimizer", f"{levers.optim} ({levers.kind.summary})"),
+            ("checkpointing", "activation checkpointing", "on" if levers.checkpointing else "off"),
+            ("use_amp", "bf16 autocast",
+             "on" if levers.use_amp else "off (bf16 weights)" if levers.kind.bf16_weights else "off"),
+            ("attention", "attention", {"sdpa": "sdpa", "chunked": "query-chunked (no T x T matrix)",
+                                        "eager": "eager"}[levers.attention]),
+            (None, "fused LM loss", "on (always)")]
 
 
 def format_plan(plan: Plan, fixed: set[str], device: str) -> str:
-    flags = {"optimizer": "optim", "activation checkpointing": "checkpointing", "bf16 autocast": "use_amp",
-             "attention": "attention"}
     e = plan.estimate
     lines = [f"memory budget {gib(plan.budget)}: " + ("the settings asked for fit; kept" if plan.kept else
                                                   "chose the fastest settings whose predicted peak fits")]
-    for name, value in describe(plan.levers):
-        how = "your flag" if flags.get(name) in fixed else "chosen" if name in flags else ""
+    for field, name, value in describe(plan.levers):
+        how = "your flag" if field in fixed else "chosen" if field else ""
         lines.append(f"  {name:<25} {value:<62} {how}")
     where = "" if bf16_is_fast(device) or device != "cpu" else " (this CPU has no native bf16)"
     lines.append(f"  predicted peak {gib(e.total)} of {gib(plan.budget)}; about {e.seconds_per_step:.2f} s per step, "

@@ -2,7 +2,7 @@
 
 Under ``--fsdp`` every parameter is a DTensor holding this process's shard. Gathering is a
 collective: every process calls ``full_state_dict``; the main one gets the whole model on the CPU,
-the others None. An unsharded model gives its own state dict, on every process.
+the others None. An unsharded model gives None too: it saves its own weights.
 """
 
 import torch
@@ -17,7 +17,7 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 def full_state_dict(model: torch.nn.Module) -> dict | None:
     if not is_sharded(model):
-        return model.state_dict()
+        return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

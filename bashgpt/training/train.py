@@ -41,7 +41,7 @@ from .options import LOSS_TARGETS, TrainOptions
 from .progress import ProgressLine
 from .report import model_card, plot_training_curves
 from .run_safety import OOM_ADVICE, GracefulStop, Interrupted, describe_os_error, is_out_of_memory, recover_staging
-from .sharding import full_state_dict, is_sharded
+from .sharding import full_state_dict
 from .stability import NAN_ADVICE, SkipLedger
 from .trainer import SafeTrainer
 
@@ -235,6 +235,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     check_fsdp(opts, device)
     recorded = json.loads((out / "run.json").read_text()) if opts.resume and (out / "run.json").is_file() else None
     levers, plan_text = levers_for_run(opts, preset, config, device, recorded)  # before any work: may refuse
+    budgeted = bool(opts.memory_budget) or default_budget(device) is not None
     precision = choose_precision(device, opts.use_amp)
     if levers.kind.bf16_weights and not precision.bf16:
         precision.note = f"bf16 weights and optimizer state ({levers.optim})"
@@ -278,7 +279,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         torch.manual_seed(opts.seed)
         model = BashGPTForCausalLM(config)
     apply_to_model(model, levers)  # storage dtype (bf16 for adamw-bf16) and the training attention
-    if opts.memory_budget or default_budget(device):
+    if budgeted:
         return_freed_memory()  # CPU under a budget: the peak is what is alive at once (cpu_memory.py)
     else:
         keep_large_allocations_on_heap()  # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py)
@@ -298,7 +299,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
             for line in plan_text.splitlines():
                 run.say(line)
         plan = estimate(preset, opts.batch_size, opts.seq_len, levers, opts.gradient_accumulation_steps,
-                        device=device, config=config, budgeted=bool(opts.memory_budget or default_budget(device)))
+                        device=device, config=config, budgeted=budgeted)
         run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
                 f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
                 f"about {plan.seconds_per_step:.2f} s per step, " +
@@ -323,7 +324,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
 
     def save_best(model_to_save, state):
         """Called on every process: gathering a sharded (--fsdp) model's weights takes them all."""
-        weights = full_state_dict(model_to_save) if is_sharded(model_to_save) else None
+        weights = full_state_dict(model_to_save)  # None unless sharded
         if not run.is_main:
             return
         loss = advice.eval_losses[-1] if advice.eval_losses else float("nan")
