@@ -191,6 +191,16 @@ def test_not_a_model_folder_and_empty_prompt_file(nano_dir, tmp_path, capsys):
     assert "the model's limit is 128" in err and "shorten the prompt" in err and "\n" not in err
 
 
+def test_quickstart_drops_licence_headers_and_keeps_other_comments():
+    from bashgpt.quickstart import without_licence_header
+
+    licensed = "#!/bin/sh\n#\n# Copyright (C) 2001 A. Person\n# This program is free software.\n\nset -e\n# go\necho hi\n"
+    assert without_licence_header(licensed) == "#!/bin/sh\nset -e\n# go\necho hi\n"
+    described = "#!/bin/bash\n# Rotate the logs.\nlogrotate -f /etc/logrotate.conf\n"
+    assert without_licence_header(described) == described
+    assert without_licence_header("# GPL-2.0 license\n_comp() { :; }\n") == "_comp() { :; }\n"  # no shebang
+
+
 def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
     scripts = tmp_path / "scripts" / "proj"
     scripts.mkdir(parents=True)
@@ -205,8 +215,11 @@ def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
     assert all(Path(c).is_file() for c in summary["curves"])
     result = json.loads((out / "eval.json").read_text())
     assert set(result["heldout"]) == {"language", "code"} and result["guarded"]["samples"] == 2
+    own = load_tokenizer(out / "tokenizer")  # trained on the run's own English and bash
+    assert 300 < len(own) <= 8192 and load_tokenizer(summary["model"]).get_vocab() == own.get_vocab()
+    assert json.loads((Path(summary["model"]) / "config.json").read_text())["vocab_size"] == -(-len(own) // 64) * 64
     printed = capsys.readouterr().out
-    assert "Next:" in printed and "bashgpt generate" in printed and "recipes/stage1.py" in printed
+    assert "BPE tokenizer" in printed and "Next:" in printed and "bashgpt generate" in printed and "recipes/stage1.py" in printed
 
 
 @pytest.mark.parametrize("norm, pos", [("layernorm", "learned"), ("rmsnorm", "rope")])

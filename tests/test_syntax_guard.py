@@ -15,6 +15,7 @@ from bashgpt.inference.shellcheck import bash_parse
 from bashgpt.inference.syntax_guard import (
     BROKEN,
     COMPLETE,
+    OPEN_STRING,
     UNFINISHED,
     EndOnlyWhenParses,
     LineChecker,
@@ -99,6 +100,27 @@ def test_guard_takes_back_broken_lines_then_backtracks(tok):
     scores = torch.zeros(len(tok))
     guard.restrict(opened, scores, tok.eos_token_id)  # end of text banned inside the if, "done" banned at body
     assert scores[tok.eos_token_id] == -float("inf")
+
+
+def test_a_line_may_not_leave_a_double_quote_backquote_or_expansion_open(tok):
+    checker = LineChecker.for_tokenizer(tok)
+    start = ids_of(tok, PROMPT)
+    for opened in ('echo "abc\n', "x=`date\n", "echo ${HOME\n"):
+        ids = list(start)
+        guard = ScriptGuard.for_prompt(checker, ids)
+        assert feed(guard, tok, ids, opened) == len(start), opened  # taken back like a broken line
+    for spans in ("awk '{\n", "x=$(date \\\n", "if true; then\n"):  # these may go on over lines
+        ids = list(start)
+        guard = ScriptGuard.for_prompt(checker, ids)
+        assert feed(guard, tok, ids, spans) is None and guard.marks[-1][1] == UNFINISHED, spans
+    ids = ids_of(tok, PROMPT + 'echo "usage:\n')  # a string the prompt opened may go on, and close
+    guard = ScriptGuard.for_prompt(checker, ids)
+    assert guard.marks[-1][1] == OPEN_STRING and guard.active
+    assert feed(guard, tok, ids, "  -h  help\n") is None and feed(guard, tok, ids, 'end"\n') is None
+    assert guard.marks[-1] == (len(ids), COMPLETE)
+    pipeline_guard = ScriptGuard.for_prompt(checker, list(start), can_take_back=False)  # nothing to take back:
+    ids = list(start)
+    assert feed(pipeline_guard, tok, ids, 'echo "abc\n') is None and pipeline_guard.active  # end of text waits
 
 
 def test_a_broken_prompt_turns_the_guard_off(tok):

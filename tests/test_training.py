@@ -75,6 +75,17 @@ def test_stage1_then_stage2_from_its_checkpoint(tmp_path):
     assert "code stage" in card and str(best) in card
 
 
+def test_a_new_model_takes_its_vocabulary_from_the_tokenizer(tmp_path, small_tokenizer):
+    small_tokenizer.save_pretrained(tmp_path / "tok")
+    s1 = run_training(options(tmp_path, tokenizer=str(tmp_path / "tok"), num_epochs=1))
+    config = json.loads((Path(s1["best"]) / "config.json").read_text())
+    assert config["vocab_size"] == 320 and len(small_tokenizer) == 300  # rounded up to a multiple of 64
+    s2 = run_training(options(tmp_path, stage="code", model_size=None, checkpoint=str(tmp_path / "run"), num_epochs=1,
+                              dataset=str(write_corpus(tmp_path / "bash", "bash")), output_dir=str(tmp_path / "run2")))
+    assert json.loads((Path(s2["best"]) / "config.json").read_text())["vocab_size"] == 320  # the checkpoint's
+    assert len(load_tokenizer(s2["best"])) == 300
+
+
 class Poison(TrainerCallback):
     """Injects NaN at chosen optimizer steps, in the loss or in a gradient, and snapshots state around them."""
 

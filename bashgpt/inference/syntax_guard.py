@@ -8,6 +8,12 @@ prefix of a script is one of three things:
 - unfinished: only its end is missing (an open ``if``, quote or here-document);
 - broken: the line just written can never be part of a valid script (a stray ``fi``, ``done``, ``)``).
 
+One kind of unfinished line counts as broken: a line that ends inside a double quote, a backquote
+or a ``${...}`` it opened. Real scripts almost never continue those across lines (5 of 300 sampled
+Debian scripts do for a double quote, none for the others), while a small model that leaves one
+open rarely closes it: that was most of the guarded samples that never ended. Single quotes and
+``$(...)`` may span lines (multi-line awk and sed programs, command substitutions are common).
+
 A broken line is taken back and sampled again, each retry starting with a token no failed try at
 that place started with; after ``max_retries`` failed tries the line before it is taken back too
 (backtracking). End of text is allowed only where the script is complete, and a script that runs
@@ -30,6 +36,8 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from .shellcheck import bash_parse
 
 COMPLETE, UNFINISHED, BROKEN = "complete", "unfinished", "broken"
+OPEN_STRING = "open string"  # unfinished inside "...", `...` or ${...}: broken unless it was already open
+_ONE_LINE = ("matching `\"'", "matching ``'", "matching `}'")  # bash: "unexpected EOF while looking for matching `X'"
 
 
 class LineChecker:
@@ -55,7 +63,11 @@ class LineChecker:
     def verdict(self, ids) -> str:
         text = self.text(ids)
         r = bash_parse(text[: text.rfind("\n") + 1])  # whole lines only
-        return COMPLETE if r.ok else UNFINISHED if r.unfinished else BROKEN
+        if r.ok:
+            return COMPLETE
+        if r.unfinished:
+            return OPEN_STRING if any(words in r.error for words in _ONE_LINE) else UNFINISHED
+        return BROKEN
 
 
 @dataclass
@@ -89,6 +101,8 @@ class ScriptGuard:
         if not self.active or self.gave_up or ids[-1] not in self.checker.line_ends:
             return None
         verdict = self.checker.verdict(ids)
+        if verdict == OPEN_STRING and self.can_take_back and self.marks[-1][1] != OPEN_STRING:
+            verdict = BROKEN  # this line opened it (one open in the prompt may go on)
         if verdict != BROKEN:
             self.marks.append((len(ids), verdict))
             self.written.append(self.written[-1] or bool(self.checker.text(ids[self.start:]).strip()))

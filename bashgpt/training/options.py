@@ -119,7 +119,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, stage: str | None = Non
     g.add_argument("--dataset", help=f"Hub name (default {TINYSTORIES} at stage 1), a local file or folder, "
                                      f"a 'bashgpt collect' folder (stage 2), or '{STDLIB}' for offline English")
     g.add_argument("--checkpoint", help="stage-1 output folder (its best/), or a legacy .pth / .npz state dict")
-    g.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's, else the repository's tokenizer/)")
+    g.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's, else the repository's tokenizer/); a new model "
+                   "gets its vocabulary size (rounded up to a multiple of 64)")
     g.add_argument("--output-dir", help="where checkpoints, best/, logs and plots go (default runs/STAGE-SIZE)")
 
     g = parser.add_argument_group("schedule (defaults: the guide's command for the stage and size)")

@@ -172,6 +172,11 @@ def prepare_output_dir(opts: TrainOptions) -> str | None:
     return None
 
 
+def padded_vocab_size(n_tokens: int, multiple: int = 64) -> int:
+    """Rows of a new model's embedding and LM head: the tokenizer's size rounded up to ``multiple`` (faster matmuls)."""
+    return -(-n_tokens // multiple) * multiple
+
+
 def choose_tokenizer(opts: TrainOptions, ckpt_path: Path | None):
     if opts.tokenizer:
         return load_tokenizer(opts.tokenizer)
@@ -228,6 +233,12 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     """Train one stage end to end; returns a summary (paths, losses, steps, skipped updates)."""
     validate(opts)
     config, preset, ckpt_path, legacy_state = plan_model(opts)
+    tokenizer = choose_tokenizer(opts, ckpt_path)
+    if ckpt_path is None:  # a new model's vocabulary is its tokenizer's (the shipped one: the presets' 32,000)
+        config.vocab_size = padded_vocab_size(len(tokenizer))
+    elif len(tokenizer) > config.vocab_size:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}; "
+                        f"use the tokenizer the checkpoint was trained with (--tokenizer)")
     opts.fill_defaults(preset)
     validate(opts)
     out = Path(opts.output_dir)
@@ -254,10 +265,6 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         else:
             resume_from = last_checkpoint(out) if opts.resume else None
 
-    tokenizer = choose_tokenizer(opts, ckpt_path)
-    if len(tokenizer) > config.vocab_size:
-        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}; "
-                        f"use the tokenizer the checkpoint was trained with (--tokenizer)")
     with args.main_process_first(desc="tokenising"):
         corpus = load_corpus(opts.dataset, seed=opts.seed)
         cache = opts.cache_dir or str(packed_cache_dir())
