@@ -37,6 +37,7 @@ class QuickstartPlan:
     batch_size: int = 8
     max_script_tokens: int | None = 256  # stage 2 trains on whole scripts this short, so the model learns to end
     strip_licences: bool = True  # stage 2 drops licence-notice header comments
+    shebang_only: bool = True  # stage 2 keeps only files that start with #! (no completions, no sourced libraries)
     vocab_size: int | None = 8192  # a BPE trained on the run's own text (~1 s): as compact on bash as the shipped
     # 32,000-token one, and a 4x smaller LM head, which is most of nano's compute; None: the shipped tokenizer
     debian: bool = True  # try Debian packages when apt-get is there and the network answers
@@ -117,13 +118,16 @@ def without_licence_header(text: str) -> str:
     return text
 
 
-def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, strip_licences: bool = True) -> Path:
+def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, strip_licences: bool = True,
+                  shebang_only: bool = False) -> Path:
     """A copy of ``corpus`` with only the scripts of at most ``max_tokens`` tokens: whole scripts, each
     followed by end of text, which is what a model trained for minutes needs to see to learn to finish."""
     out.mkdir(parents=True, exist_ok=True)
     kept = {}
     for split in ("train", "validation"):
         rows = [json.loads(line) for line in (corpus / f"{split}.jsonl").read_text().splitlines() if line]
+        if shebang_only:
+            rows = [r for r in rows if r["text"].startswith("#!")]
         if strip_licences:
             rows = [{**r, "text": without_licence_header(r["text"])} for r in rows]
         lengths = [len(ids) for ids in encode_batch(tokenizer, [r["text"] for r in rows])]
@@ -150,10 +154,11 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
 
     say("Collecting shell scripts for stage 2 (read and parsed only, never run)")
     corpus = collect_bash(plan, tokenizer)
-    stage2_data = short_scripts(corpus, out / "bash-short", tokenizer, plan.max_script_tokens, plan.strip_licences) \
+    stage2_data = short_scripts(corpus, out / "bash-short", tokenizer, plan.max_script_tokens, plan.strip_licences,
+                                plan.shebang_only) \
         if plan.max_script_tokens else corpus
     if plan.vocab_size:
-        say(f"Training a {plan.vocab_size:,}-token BPE tokenizer on the English and the bash it will train on")
+        say(f"Training its own BPE tokenizer ({plan.vocab_size:,} tokens) on the English and the bash it will learn")
         report = train_on_corpora(STDLIB, str(stage2_data), out / "tokenizer", vocab_size=plan.vocab_size)
         print(f"   bytes per token on held-out text: English {report['bytes_per_token']['english_validation']}, "
               f"bash {report['bytes_per_token']['bash_validation']}", flush=True)

@@ -201,6 +201,19 @@ def test_quickstart_drops_licence_headers_and_keeps_other_comments():
     assert without_licence_header("# GPL-2.0 license\n_comp() { :; }\n") == "_comp() { :; }\n"  # no shebang
 
 
+def test_quickstart_stage2_keeps_short_whole_scripts_with_a_shebang(tmp_path):
+    from bashgpt.quickstart import short_scripts
+
+    rows = {"train": ["#!/bin/sh\n# Copyright 2020 A\n\necho short\n", "#!/bin/sh\n" + "echo long\n" * 200,
+                      "_completion() { :; }\n"], "validation": ["#!/bin/bash\nls\n"]}
+    for split, texts in rows.items():
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "licence": "GPL"}) + "\n" for t in texts))
+    out = short_scripts(tmp_path, tmp_path / "short", load_tokenizer(default_tokenizer_dir()), 64, shebang_only=True)
+    kept = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert kept == [{"text": "#!/bin/sh\necho short\n", "licence": "GPL"}]
+    assert (out / "validation.jsonl").read_text().count("\n") == 1
+
+
 def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
     scripts = tmp_path / "scripts" / "proj"
     scripts.mkdir(parents=True)

@@ -15,6 +15,7 @@ from bashgpt.inference.shellcheck import bash_parse
 from bashgpt.inference.syntax_guard import (
     BROKEN,
     COMPLETE,
+    OPEN_QUOTE,
     OPEN_STRING,
     UNFINISHED,
     EndOnlyWhenParses,
@@ -109,14 +110,25 @@ def test_a_line_may_not_leave_a_double_quote_backquote_or_expansion_open(tok):
         ids = list(start)
         guard = ScriptGuard.for_prompt(checker, ids)
         assert feed(guard, tok, ids, opened) == len(start), opened  # taken back like a broken line
-    for spans in ("awk '{\n", "x=$(date \\\n", "if true; then\n"):  # these may go on over lines
-        ids = list(start)
+    for spans, verdict in (("awk '{\n", OPEN_QUOTE), ("x=$(date \\\n", UNFINISHED), ("if true; then\n", UNFINISHED)):
+        ids = list(start)  # these may go on over lines
         guard = ScriptGuard.for_prompt(checker, ids)
-        assert feed(guard, tok, ids, spans) is None and guard.marks[-1][1] == UNFINISHED, spans
+        assert feed(guard, tok, ids, spans) is None and guard.marks[-1][1] == verdict, spans
     ids = ids_of(tok, PROMPT + 'echo "usage:\n')  # a string the prompt opened may go on, and close
     guard = ScriptGuard.for_prompt(checker, ids)
     assert guard.marks[-1][1] == OPEN_STRING and guard.active
     assert feed(guard, tok, ids, "  -h  help\n") is None and feed(guard, tok, ids, 'end"\n') is None
+    assert guard.marks[-1] == (len(ids), COMPLETE)
+    ids = list(start)  # a single-quoted string may span 2 line ends here; at the third, its first line is redone
+    guard = ScriptGuard.for_prompt(checker, ids, max_open_lines=2)
+    assert feed(guard, tok, ids, "echo a\n") is None
+    before = len(ids)
+    assert feed(guard, tok, ids, "awk '{\n") is None and feed(guard, tok, ids, "print\n") is None
+    assert guard.marks[-1][1] == OPEN_QUOTE
+    assert feed(guard, tok, ids, "x\n") == before and guard.marks[-1][0] == before
+    assert guard.banned[before] == {ids_of(tok, "awk")[0]}
+    del ids[before:]
+    assert feed(guard, tok, ids, "awk '{\n") is None and feed(guard, tok, ids, "print }'\n") is None
     assert guard.marks[-1] == (len(ids), COMPLETE)
     pipeline_guard = ScriptGuard.for_prompt(checker, list(start), can_take_back=False)  # nothing to take back:
     ids = list(start)

@@ -11,8 +11,10 @@ prefix of a script is one of three things:
 One kind of unfinished line counts as broken: a line that ends inside a double quote, a backquote
 or a ``${...}`` it opened. Real scripts almost never continue those across lines (5 of 300 sampled
 Debian scripts do for a double quote, none for the others), while a small model that leaves one
-open rarely closes it: that was most of the guarded samples that never ended. Single quotes and
-``$(...)`` may span lines (multi-line awk and sed programs, command substitutions are common).
+open rarely closes it: that was most of the guarded samples that never ended. ``$(...)`` may span
+lines, and so may a single-quoted string (multi-line awk programs, ``compgen -W`` word lists) for up
+to ``max_open_lines`` (6) line ends, which 82% of the 57 such strings in 400 sampled Debian scripts
+keep to; at the next one the line that opened it is taken back.
 
 A broken line is taken back and sampled again, each retry starting with a token no failed try at
 that place started with; after ``max_retries`` failed tries the line before it is taken back too
@@ -37,7 +39,9 @@ from .shellcheck import bash_parse
 
 COMPLETE, UNFINISHED, BROKEN = "complete", "unfinished", "broken"
 OPEN_STRING = "open string"  # unfinished inside "...", `...` or ${...}: broken unless it was already open
+OPEN_QUOTE = "open quote"  # unfinished inside '...': may span up to max_open_lines line ends
 _ONE_LINE = ("matching `\"'", "matching ``'", "matching `}'")  # bash: "unexpected EOF while looking for matching `X'"
+_SINGLE_QUOTE = "matching `''"
 
 
 class LineChecker:
@@ -66,7 +70,9 @@ class LineChecker:
         if r.ok:
             return COMPLETE
         if r.unfinished:
-            return OPEN_STRING if any(words in r.error for words in _ONE_LINE) else UNFINISHED
+            if any(words in r.error for words in _ONE_LINE):
+                return OPEN_STRING
+            return OPEN_QUOTE if _SINGLE_QUOTE in r.error else UNFINISHED
         return BROKEN
 
 
@@ -78,6 +84,7 @@ class ScriptGuard:
     start: int  # prompt length in tokens
     max_retries: int = 3
     max_rollbacks: int = 32
+    max_open_lines: int = 6  # a single-quoted string open over more line ends: its first line is redone
     marks: list = field(default_factory=list)  # (length, verdict) of each accepted line end, the prompt's first
     written: list = field(default_factory=list)  # per mark: has the model written a non-blank line by then
     banned: dict = field(default_factory=dict)  # length -> first tokens of failed tries there
@@ -101,8 +108,12 @@ class ScriptGuard:
         if not self.active or self.gave_up or ids[-1] not in self.checker.line_ends:
             return None
         verdict = self.checker.verdict(ids)
-        if verdict == OPEN_STRING and self.can_take_back and self.marks[-1][1] != OPEN_STRING:
-            verdict = BROKEN  # this line opened it (one open in the prompt may go on)
+        if self.can_take_back:
+            if verdict == OPEN_STRING and self.marks[-1][1] != OPEN_STRING:
+                verdict = BROKEN  # this line opened it (one open in the prompt may go on)
+            elif verdict == OPEN_QUOTE and self.open_quote_lines() >= self.max_open_lines:
+                self.retries = 0
+                return self.take_back(ids, lines=self.open_quote_lines())  # redo the line that opened the quote
         if verdict != BROKEN:
             self.marks.append((len(ids), verdict))
             self.written.append(self.written[-1] or bool(self.checker.text(ids[self.start:]).strip()))
@@ -111,15 +122,29 @@ class ScriptGuard:
         if not self.can_take_back:
             self.active = False  # let it end: nothing after this line can make it parse
             return None
+        self.retries += 1
+        if self.retries > self.max_retries and len(self.marks) > 1:  # this line cannot be written: redo the one before
+            self.retries = 0
+            return self.take_back(ids, lines=1)
+        return self.take_back(ids, lines=0)
+
+    def open_quote_lines(self) -> int:
+        """How many accepted line ends in a row fell inside a single-quoted string."""
+        n = 0
+        while n < len(self.marks) - 1 and self.marks[-1 - n][1] == OPEN_QUOTE:
+            n += 1
+        return n
+
+    def take_back(self, ids: list[int], lines: int) -> int:
+        """Undo the line being written and ``lines`` accepted ones before it; the length to go back to, where
+        the first token that was written there is banned."""
         self.rollbacks += 1
         if self.rollbacks > self.max_rollbacks:
             self.gave_up = True
             return self.last_complete()
-        self.retries += 1
-        if self.retries > self.max_retries and len(self.marks) > 1:  # this line cannot be written: redo the one before
-            self.marks.pop()
-            self.written.pop()
-            self.retries = 0
+        if lines:
+            del self.marks[-lines:]
+            del self.written[-lines:]
         back = self.marks[-1][0]
         self.banned.setdefault(back, set()).add(ids[back])
         return back
