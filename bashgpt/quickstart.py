@@ -39,7 +39,7 @@ class QuickstartPlan:
     strip_licences: bool = True  # stage 2 drops licence-notice header comments
     shebang_only: bool = True  # stage 2 keeps only files that start with #! (no completions, no sourced libraries)
     vocab_size: int | None = 8192  # a BPE trained on the run's own text (~1 s): as compact on bash as the shipped
-    # 32,000-token one, and a 4x smaller LM head, which is most of nano's compute; None: the shipped tokenizer
+    # 32,000-token one, and a 4x smaller LM head (2.4x nano's training throughput, bench/quickstart.md); None: the shipped tokenizer
     debian: bool = True  # try Debian packages when apt-get is there and the network answers
     sources: tuple = ("system",)
     eval_prompts: int = 12
