@@ -111,9 +111,8 @@ class ScriptGuard:
         if self.can_take_back:
             if verdict == OPEN_STRING and self.marks[-1][1] != OPEN_STRING:
                 verdict = BROKEN  # this line opened it (one open in the prompt may go on)
-            elif verdict == OPEN_QUOTE and self.open_quote_lines() >= self.max_open_lines:
-                self.retries = 0
-                return self.take_back(ids, lines=self.open_quote_lines())  # redo the line that opened the quote
+            elif verdict == OPEN_QUOTE and (open_lines := self.open_quote_lines()) >= self.max_open_lines:
+                return self.take_back(ids, lines=open_lines)  # redo the line that opened the quote
         if verdict != BROKEN:
             self.marks.append((len(ids), verdict))
             self.written.append(self.written[-1] or bool(self.checker.text(ids[self.start:]).strip()))
@@ -124,7 +123,6 @@ class ScriptGuard:
             return None
         self.retries += 1
         if self.retries > self.max_retries and len(self.marks) > 1:  # this line cannot be written: redo the one before
-            self.retries = 0
             return self.take_back(ids, lines=1)
         return self.take_back(ids, lines=0)
 
@@ -137,7 +135,8 @@ class ScriptGuard:
 
     def take_back(self, ids: list[int], lines: int) -> int:
         """Undo the line being written and ``lines`` accepted ones before it; the length to go back to, where
-        the first token that was written there is banned."""
+        the first token that was written there is banned. Going back over accepted lines starts a new line's
+        count of retries."""
         self.rollbacks += 1
         if self.rollbacks > self.max_rollbacks:
             self.gave_up = True
@@ -145,6 +144,7 @@ class ScriptGuard:
         if lines:
             del self.marks[-lines:]
             del self.written[-lines:]
+            self.retries = 0
         back = self.marks[-1][0]
         self.banned.setdefault(back, set()).add(ids[back])
         return back
