@@ -4,6 +4,7 @@ validation loss of the lean settings against float32 fused AdamW.
     python bench/memory.py                       # the guide's runs under --memory-budget; writes bench/memory.md
     python bench/memory.py --only levers         # one row per lever at tiny dimensions (speed cost, estimate)
     python bench/memory.py --only quality        # lean settings vs fp32 AdamW, nano and tiny dimensions
+    python bench/memory.py --only guide-amp      # the guide's runs with --use-amp (bf16 autocast) given
 
 Each measurement runs in a fresh process (its own peak RSS, VmHWM): the model, the optimizer
 and the steps are built by the same library functions training uses (levers.py: storage dtype,
@@ -11,6 +12,12 @@ attention, optimizer with Trainer's parameter groups; gradient checkpointing; th
 loss; gradient clipping; zero_grad(set_to_none=True)), for --steps steps (at least 2: the
 optimizer's state appears at the first). Step time is the median of the steps after the first.
 On CUDA the same probe reports torch.cuda.max_memory_allocated beside.
+
+On a CPU without native bf16 (no AMX, no AVX512-BF16), bf16 matrix products and attention run
+through float32 kernels on the same values (bench/bf16_emulation.py), as a native bf16 kernel
+with float32 accumulation computes them: the dataflow, what autograd keeps and the optimizer are
+real, so the peak is, plus at most the emulation's own float32 copies (reported with each row).
+The step times of such rows say nothing of bf16 speed.
 """
 
 import argparse
@@ -38,10 +45,16 @@ else:
 device = spec.get("device", "cpu")
 cfg = BashGPTConfig.from_preset(spec["preset"], **spec.get("config", {}))
 levers = Levers(**spec["levers"])
+emulation = None
+if spec.get("emulate_bf16"):  # bf16 matmuls through float32 kernels (bench/bf16_emulation.py)
+    sys.path.insert(0, spec["emulate_bf16"])
+    from bf16_emulation import EmulatedBF16
+    emulation = EmulatedBF16()
+    emulation.__enter__()
 torch.manual_seed(spec.get("seed", 0))
 model = apply_to_model(BashGPTForCausalLM(cfg), levers).to(device).train()
 if levers.checkpointing:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 opt = build_optimizer(model, levers.optim, spec.get("lr", 3e-4), 0.1, device)
 B, T = spec["batch"], spec["seq"]
 data = spec.get("data")
@@ -80,46 +93,61 @@ if spec.get("eval"):
                                   for i in range(0, n, 4)) / n
 if device == "cuda":
     result["cuda_peak"] = torch.cuda.max_memory_allocated()
+if emulation is not None:
+    result["emulation_transient"] = emulation.largest_transient
 print(json.dumps(result))
 """
 
 
 def bf16_emulated(levers, device: str) -> bool:
-    """The levers compute in bf16 on a CPU without native bf16: a step takes minutes to hours, so not measured."""
+    """The levers compute in bf16 on a CPU without native bf16 (a step would take minutes to hours): the probe
+    runs bf16 matrix products through float32 kernels instead (bf16_emulation.py)."""
     from bashgpt.devices import bf16_is_fast
 
     return levers.bf16_compute and device == "cpu" and not bf16_is_fast("cpu")
 
 
 def probe(spec: dict) -> dict:
+    from bashgpt.training.levers import Levers
+
+    if bf16_emulated(Levers(**spec["levers"]), spec.get("device", "cpu")):
+        spec = {**spec, "emulate_bf16": str(HERE)}
     out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def guide_rows(args) -> list[dict]:
-    """The guide's runs under --memory-budget (its memory figure): the plan's levers, then the measured peak."""
+def guide_rows(args, use_amp: bool = False) -> list[dict]:
+    """The guide's runs under --memory-budget (its memory figure): the plan's levers, then the measured peak.
+    ``use_amp``: as `--use-amp --memory-budget` plans them (bf16 autocast given, the other levers chosen)."""
     from bashgpt.training.levers import Levers, resolve_attention
     from bashgpt.training.memory_plan import plan_memory
 
     records = []
     for preset, batch, budget_gb in GUIDE_RUNS:
-        given = Levers(attention=resolve_attention("auto", args.device))
-        plan = plan_memory(preset, batch, 1024, args.device, int(budget_gb * 2**30), given, set())
-        lv = plan.levers
+        given = Levers(use_amp=use_amp, attention=resolve_attention("auto", args.device))
+        fixed = {"use_amp"} if use_amp else set()
+        lv = plan_memory(preset, batch, 1024, args.device, int(budget_gb * 2**30), given, fixed).levers
         record = {"preset": preset, "batch": batch, "budget_gb": budget_gb, "device": args.device,
                   "levers": {"optim": lv.optim, "use_amp": lv.use_amp, "checkpointing": lv.checkpointing,
                              "attention": lv.attention}}
-        if bf16_emulated(lv, args.device):
-            record["skipped"] = f"bf16 is emulated on this CPU (about {plan.estimate.seconds_per_step / 60:.0f} min per step)"
-        else:
-            r = probe({"preset": preset, "batch": batch, "seq": 1024, "steps": args.steps, "device": args.device,
-                       "budget": True, "levers": record["levers"]})
-            record.update(peak=r.get("cuda_peak", r["peak"]), step=r["step"])
+        r = probe({"preset": preset, "batch": batch, "seq": 1024, "steps": args.steps, "device": args.device,
+                   "budget": True, "levers": record["levers"]})
+        record.update(peak=r.get("cuda_peak", r["peak"]), step=r["step"])
+        if "emulation_transient" in r:
+            record["emulation_transient"] = r["emulation_transient"]
         records.append(record)
         print(render_guide([record])[-1], flush=True)
     return records
+
+
+def measured_cells(r: dict) -> tuple[str, str]:
+    """(peak, s/step) table cells; a step run through the bf16 emulation gives its copies' bound and no speed."""
+    if "emulation_transient" in r:
+        return (f"{r['peak'] / 2**30:.2f} GB (of which at most {r['emulation_transient'] / 2**30:.2f} GB "
+                f"emulation copies)", "emulated")
+    return f"{r['peak'] / 2**30:.2f} GB", f"{r['step']:.2f}"
 
 
 def render_guide(records: list[dict]) -> list[str]:
@@ -138,7 +166,8 @@ def render_guide(records: list[dict]) -> list[str]:
         if "skipped" in r:
             rows.append(f"{head} not measured: {r['skipped']} | | |")
         else:
-            rows.append(f"{head} {r['peak'] / 2**30:.2f} GB | {e.total / r['peak'] - 1:+.0%} | {r['step']:.1f} |")
+            peak, step = measured_cells(r)
+            rows.append(f"{head} {peak} | {e.total / r['peak'] - 1:+.0%} | {step} |")
     return rows
 
 
@@ -157,20 +186,26 @@ def lever_rows(args) -> list[str]:
         lv = Levers(optim=optim, **extra)
         name = optim + "".join(f", {k}={v}" for k, v in extra.items())
         e = estimate("tiny", 2, 512, lv, device=args.device, measure=False)
-        if bf16_emulated(lv, args.device):
-            rows.append(f"| {name} | not measured: bf16 is emulated on this CPU | | | | {e.total / 2**30:.2f} GB |")
-            continue
         r = probe({"preset": "tiny", "batch": 2, "seq": 512, "steps": 3, "device": args.device,
                    "levers": {"optim": optim, **extra}})
-        base = base or r["step"]
-        rows.append(f"| {name} | {r['step']:.2f} | {r['step'] / base:.2f}x | {r['optimizer_step']:.3f} | "
-                    f"{r['peak'] / 2**30:.2f} GB | {e.total / 2**30:.2f} GB |")
+        peak, step = measured_cells(r)
+        emulated = "emulation_transient" in r
+        base = base or (None if emulated else r["step"])
+        ratio = "" if emulated else f"{r['step'] / base:.2f}x"
+        rows.append(f"| {name} | {step} | {ratio} | {r['optimizer_step']:.3f} | {peak} | {e.total / 2**30:.2f} GB |")
         print(rows[-1], flush=True)
     return rows
 
 
-QUALITY = [("nano", {}, 8, 128, 200, ["adamw-8bit", "adamw-bf16"]),
-           ("tiny", {}, 2, 128, 60, ["adamw-8bit"])]
+# Every setting --memory-budget chooses in the guide's runs, with or without --use-amp (activation checkpointing
+# changes no number, so it is left out), against float32 fused AdamW.
+LEAN = [{"optim": "adamw-8bit"}, {"optim": "adamw-bf16"}, {"optim": "adamw", "use_amp": True},
+        {"optim": "adamw-bf16", "use_amp": True}]
+QUALITY = [("nano", 8, 128, 200), ("tiny", 2, 128, 60)]
+
+
+def settings_name(levers: dict) -> str:
+    return levers["optim"] + (" + bf16 autocast" if levers.get("use_amp") else "")
 
 
 def token_files(folder: Path) -> tuple[str, str]:
@@ -194,19 +229,21 @@ def quality_rows(args) -> list[str]:
     """Same data, seed and steps: validation loss of each lean optimizer against float32 fused AdamW."""
     import tempfile
 
-    rows = ["| dimensions | batch x seq | steps | optimizer | validation loss | vs adamw | s/step |", "|---|---|---|---|---|---|---|"]
+    rows = ["| dimensions | batch x seq | steps | settings | validation loss | vs adamw | s/step |",
+            "|---|---|---|---|---|---|---|"]
     curves = {}
     with tempfile.TemporaryDirectory() as tmp:
         train, val = token_files(Path(tmp))
-        for preset, cfg, batch, seq, steps, lean in QUALITY:
+        for preset, batch, seq, steps in QUALITY:
             base = None
-            for optim in ["adamw", *lean]:
-                r = probe({"preset": preset, "config": cfg, "batch": batch, "seq": seq, "steps": steps, "lr": 1e-3,
-                           "levers": {"optim": optim}, "data": train, "eval": val, "device": args.device})
+            for levers in [{"optim": "adamw"}, *LEAN]:
+                r = probe({"preset": preset, "batch": batch, "seq": seq, "steps": steps, "lr": 1e-3,
+                           "levers": levers, "data": train, "eval": val, "device": args.device})
                 base = base or r["eval_loss"]
-                curves[f"{preset}/{optim}"] = r["losses"]
-                rows.append(f"| {preset} | {batch} x {seq} | {steps} | {optim} | {r['eval_loss']:.4f} | "
-                            f"{r['eval_loss'] / base - 1:+.2%} | {r['step']:.2f} |")
+                curves[f"{preset}/{settings_name(levers)}"] = r["losses"]
+                step = measured_cells(r)[1]
+                rows.append(f"| {preset} | {batch} x {seq} | {steps} | {settings_name(levers)} | {r['eval_loss']:.4f} | "
+                            f"{r['eval_loss'] / base - 1:+.2%} | {step} |")
                 print(rows[-1], flush=True)
     plot_curves(curves)
     return rows
@@ -234,7 +271,7 @@ def main():
     from run import cpu_description  # bench/run.py
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", choices=("guide", "levers", "quality"))
+    ap.add_argument("--only", choices=("guide", "guide-amp", "levers", "quality"))
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -243,6 +280,8 @@ def main():
     sections = {}
     if args.only in (None, "guide"):
         sections["guide"] = guide_rows(args)
+    if args.only in (None, "guide-amp"):
+        sections["guide-amp"] = guide_rows(args, use_amp=True)
     if args.only in (None, "levers"):
         sections["levers"] = lever_rows(args)
     if args.only in (None, "quality"):
@@ -258,21 +297,26 @@ INTRO = {
     "guide": "## The guide's runs under `--memory-budget` (seq 1024)\n\nThe levers are what the plan chose on this "
              "machine (`plan_memory`, as `bashgpt train --memory-budget` does); each row is a fresh process running "
              "real training steps with them; peak RSS (VmHWM) against `bashgpt estimate`.",
-    "quality": "## Quality: lean optimizers against float32 fused AdamW\n\nSame data (the offline English corpus "
+    "guide-amp": "## The guide's runs with bf16 autocast: `--use-amp --memory-budget` (seq 1024)\n\nAs above, with "
+                 "`--use-amp` given, so the plan chooses the other levers around bf16 autocast: what a machine with "
+                 "native bf16 (a Mac, a GPU, a CPU with AMX) trains with. Where this CPU has no native bf16, the "
+                 "matrix products ran through the emulation described at the top, so the step times are not bf16's.",
+    "quality": "## Quality: lean settings against float32 fused AdamW\n\nSame data (the offline English corpus "
                "through the repository's tokenizer), seed, batches and steps; validation loss on held-out text after "
                "the last step. Training curves: `memory_quality.png`.",
 }
 
 
 def write_report() -> None:
-    """bench/memory.md from the sections' latest results (memory-guide.json, memory-quality.json)."""
-    usage, method = __doc__.split("\n\n")[1:3]
-    parts = ["# Memory levers: measured\n", "```\n" + usage.strip("\n") + "\n```\n", " ".join(method.split()) + "\n"]
+    """bench/memory.md from the sections' latest results (memory-guide.json, memory-quality.json, ...)."""
+    usage, *method = __doc__.split("\n\n")[1:4]
+    parts = ["# Memory levers: measured\n", "```\n" + usage.strip("\n") + "\n```\n",
+             *(" ".join(paragraph.split()) + "\n" for paragraph in method)]
     for name, intro in INTRO.items():
         path = HERE / f"memory-{name}.json"
         if path.is_file():
             data = json.loads(path.read_text())
-            rows = render_guide(data["rows"]) if name == "guide" else data["rows"]
+            rows = render_guide(data["rows"]) if name.startswith("guide") else data["rows"]
             parts += [intro + f"\n\nMachine: {data['machine']}.\n", "\n".join(rows) + "\n"]
     (HERE / "memory.md").write_text("\n".join(parts))
 

@@ -1,5 +1,6 @@
 """Memory levers, the estimate and --memory-budget (levers.py, estimate.py, memory_plan.py)."""
 
+import contextlib
 import functools
 import json
 import math
@@ -165,3 +166,36 @@ def test_plan_offers_bf16_autocast_on_a_mac_only_where_macos_has_it(monkeypatch)
         combos, unavailable = memory_plan.candidate_levers("mps", Levers(attention="chunked"), set())
         assert any(lv.use_amp for lv in combos) == supported
         assert not any(lv.optim == "adamw-8bit" for lv in combos) and any("adamw-8bit" in u for u in unavailable)
+
+
+def test_the_benchmarks_bf16_emulation_computes_what_native_bf16_does():
+    """bench/bf16_emulation.py lets bench/memory.py measure bf16 steps on CPUs without native bf16: same dtypes,
+    same loss and gradients as the native bf16 kernels (up to summation order), and its copies are counted."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from bf16_emulation import EmulatedBF16
+
+    def step(emulate: bool):
+        torch.manual_seed(0)
+        model = BashGPTForCausalLM(small_config(hidden_size=64, num_attention_heads=4)).train()
+        ids = torch.randint(0, 96, (2, 32))
+        mode = EmulatedBF16()
+        with mode if emulate else contextlib.nullcontext():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(input_ids=ids, labels=ids, fused_lm_loss=True)
+            out.loss.backward()
+            bf16 = model.transformer.wte.weight.to(torch.bfloat16)
+            q = torch.randn(1, 2, 8, 16).to(torch.bfloat16).requires_grad_()
+            attn = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+            attn.float().sum().backward()
+            products = [bf16 @ bf16.T, torch.addmm(bf16[:, :3], bf16, bf16[:3].T), torch.bmm(bf16[None], bf16.T[None])]
+        return out.loss, [p.grad for p in model.parameters()], [attn, q.grad, *products], mode
+
+    loss, grads, tensors, _ = step(False)
+    loss_e, grads_e, tensors_e, mode = step(True)
+    assert mode.calls > 10 and mode.largest_transient > 0
+    torch.testing.assert_close(loss_e, loss, rtol=2e-2, atol=0)
+    for native, emulated in zip(grads + tensors, grads_e + tensors_e, strict=True):
+        assert emulated.dtype == native.dtype
+        torch.testing.assert_close(emulated.detach().float(), native.detach().float(), rtol=0.05, atol=0.05 * native.detach().float().abs().max().item())
