@@ -29,7 +29,7 @@ cfg = BashGPTConfig.from_preset(size)
 cfg.fused_lm_loss = True
 model = BashGPTForCausalLM(cfg).train()
 if gc:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 ids = torch.randint(0, cfg.vocab_size, (B, T))
 times = []

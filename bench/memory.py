@@ -2,9 +2,9 @@
 validation loss of the lean settings against float32 fused AdamW.
 
     python bench/memory.py                       # the guide's runs under --memory-budget; writes bench/memory.md
+    python bench/memory.py --only guide-amp      # the guide's runs with --use-amp (bf16 autocast) given
     python bench/memory.py --only levers         # one row per lever at tiny dimensions (speed cost, estimate)
     python bench/memory.py --only quality        # lean settings vs fp32 AdamW, nano and tiny dimensions
-    python bench/memory.py --only guide-amp      # the guide's runs with --use-amp (bf16 autocast) given
 
 Each measurement runs in a fresh process (its own peak RSS, VmHWM): the model, the optimizer
 and the steps are built by the same library functions training uses (levers.py: storage dtype,
@@ -15,9 +15,9 @@ On CUDA the same probe reports torch.cuda.max_memory_allocated beside.
 
 On a CPU without native bf16 (no AMX, no AVX512-BF16), bf16 matrix products and attention run
 through float32 kernels on the same values (bench/bf16_emulation.py), as a native bf16 kernel
-with float32 accumulation computes them: the dataflow, what autograd keeps and the optimizer are
-real, so the peak is, plus at most the emulation's own float32 copies (reported with each row).
-The step times of such rows say nothing of bf16 speed.
+with float32 accumulation computes them. The dataflow, what autograd keeps and the optimizer are
+real, so the peak is real too, except for the emulation's own float32 copies, which add at most
+the amount reported with each row. The step times of such rows say nothing of bf16 speed.
 """
 
 import argparse

@@ -163,7 +163,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(ids, labels=ids).loss.backward()
     plain = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     assert all(block.gradient_checkpointing for block in model.transformer.h)
     model(ids, labels=ids).loss.backward()
     for a, p in zip(plain, model.parameters(), strict=True):
