@@ -61,7 +61,7 @@ data = spec.get("data")
 if data:
     tokens = torch.load(data, weights_only=True)
 gen = torch.Generator().manual_seed(1)
-times, losses = [], []
+times, opt_times, losses = [], [], []
 for step in range(spec["steps"]):
     if data:
         starts = torch.randint(0, len(tokens) - T, (B,), generator=gen)
@@ -75,14 +75,15 @@ for step in range(spec["steps"]):
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt_start = time.perf_counter()
     opt.step()
-    opt_time = time.perf_counter() - opt_start
+    opt_times.append(time.perf_counter() - opt_start)
     opt.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
     times.append(time.perf_counter() - start)
     losses.append(loss.item())
-result = {"peak": peak_rss_bytes(), "step": sorted(times[1:])[len(times[1:]) // 2], "losses": losses,
-          "optimizer_step": opt_time}
+def median(values):  # of the steps after the first
+    return sorted(values[1:])[len(values[1:]) // 2]
+result = {"peak": peak_rss_bytes(), "step": median(times), "optimizer_step": median(opt_times), "losses": losses}
 if spec.get("eval"):
     model.eval()
     etoks = torch.load(spec["eval"], weights_only=True)
@@ -176,24 +177,31 @@ LEVER_ROWS = [("adamw", {}), ("adamw", {"checkpointing": True}), ("adamw-8bit", 
 
 
 def lever_rows(args) -> list[str]:
-    """One lever at a time at tiny dimensions (batch 2 x 512): time per step and peak against plain fused AdamW."""
+    """One lever at a time at tiny dimensions (batch 2 x 512): time per step and peak against plain fused AdamW.
+    The levers take turns for --reps rounds, a fresh process each, and each keeps its fastest round (its highest
+    peak), so that other work on the machine weighs alike on all of them."""
     from bashgpt.training.estimate import estimate
     from bashgpt.training.levers import Levers
 
+    runs = {i: [] for i in range(len(LEVER_ROWS))}
+    for round_ in range(args.reps):
+        for i, (optim, extra) in enumerate(LEVER_ROWS):
+            runs[i].append(probe({"preset": "tiny", "batch": 2, "seq": 512, "steps": 4, "device": args.device,
+                                  "levers": {"optim": optim, **extra}}))
+            print(f"round {round_ + 1}/{args.reps}: {optim} {extra}: {runs[i][-1]['step']:.2f} s/step", flush=True)
     rows = ["| lever | s/step | vs adamw | optimizer step s | peak RSS | estimate |", "|---|---|---|---|---|---|"]
     base = None
-    for optim, extra in LEVER_ROWS:
-        lv = Levers(optim=optim, **extra)
-        name = optim + "".join(f", {k}={v}" for k, v in extra.items())
-        e = estimate("tiny", 2, 512, lv, device=args.device, measure=False)
-        r = probe({"preset": "tiny", "batch": 2, "seq": 512, "steps": 3, "device": args.device,
-                   "levers": {"optim": optim, **extra}})
+    for i, (optim, extra) in enumerate(LEVER_ROWS):
+        r = {key: max(run[key] for run in runs[i]) for key in ("peak", "emulation_transient") if key in runs[i][0]}
+        r.update({key: min(run[key] for run in runs[i]) for key in ("step", "optimizer_step")})
         peak, step = measured_cells(r)
         emulated = "emulation_transient" in r
         base = base or (None if emulated else r["step"])
         ratio = "" if emulated else f"{r['step'] / base:.2f}x"
+        name = optim + "".join(f", {k}={v}" for k, v in extra.items())
+        e = estimate("tiny", 2, 512, Levers(optim=optim, **extra), device=args.device, measure=False)
         rows.append(f"| {name} | {step} | {ratio} | {r['optimizer_step']:.3f} | {peak} | {e.total / 2**30:.2f} GB |")
-        print(rows[-1], flush=True)
+    print("\n".join(rows), flush=True)
     return rows
 
 
@@ -272,7 +280,8 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=("guide", "guide-amp", "levers", "quality"))
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2, help="training steps per run in the guide sections")
+    ap.add_argument("--reps", type=int, default=2, help="rounds of the lever section (each lever keeps its fastest)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     machine = cpu_description()
@@ -292,8 +301,9 @@ def main():
 
 
 INTRO = {
-    "levers": "## Speed cost of each lever, one at a time (tiny dimensions, batch 2 x 512, 3 steps)\n\nMedian step "
-              "time after the first, the optimizer step alone, and peak RSS, in one run; ratios against fused AdamW.",
+    "levers": "## Speed cost of each lever, one at a time (tiny dimensions, batch 2 x 512, 4 steps)\n\nMedian step "
+              "time after the first, the optimizer step alone, and peak RSS, in one run; ratios against fused AdamW. "
+              "The levers take turns for 2 rounds (`--reps`), each keeps its fastest.",
     "guide": "## The guide's runs under `--memory-budget` (seq 1024)\n\nThe levers are what the plan chose on this "
              "machine (`plan_memory`, as `bashgpt train --memory-budget` does); each row is a fresh process running "
              "real training steps with them; peak RSS (VmHWM) against `bashgpt estimate`.",
