@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from bashgpt.cli import main
 from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
 from bashgpt.errors import UserError
 from bashgpt.inference.modelio import load_model, save_model_folder
+from bashgpt.training import callbacks
 from bashgpt.training.callbacks import TimeBudget
 from bashgpt.training.options import TrainOptions
 from bashgpt.training.stability import clamp_loss
@@ -236,20 +236,27 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
     assert folder_snapshot(tmp_path / "run") == before  # no checkpoint-4, no log line, no new best/
 
 
-class SlowSteps(TrainerCallback):
-    """Each step takes at least ``seconds``, whatever the machine: a time budget then ends after a known few."""
+class StepClock(TrainerCallback):
+    """The time budget's clock, advanced ``seconds`` by each step and by nothing else: the budget then ends after
+    a known number of steps however slow or busy the machine is."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
+        self.now = 0.0
 
-    def on_step_end(self, args, state, control, **kwargs):
-        time.sleep(self.seconds)
+    def perf_counter(self) -> float:
+        return self.now
+
+    def on_step_begin(self, args, state, control, **kwargs):  # the step's time passes
+        self.now += self.seconds
 
 
-def test_time_budget_stops_validates_and_saves_before_the_step_limit(tmp_path):
+def test_time_budget_stops_validates_and_saves_before_the_step_limit(tmp_path, monkeypatch):
+    clock = StepClock(0.4)
+    monkeypatch.setattr(callbacks, "time", clock)  # TimeBudget reads callbacks.time.perf_counter
     result = run_training(options(tmp_path, num_epochs=1, steps_per_epoch=1000, time_budget=0.03),
-                          extra_callbacks=[SlowSteps(0.4)])  # 1.8 s of 0.4 s steps
-    assert 2 <= result["step"] <= 8
+                          extra_callbacks=[clock])  # 1.8 s of 0.4 s steps: the 1.8 s are used up at step 5
+    assert result["step"] == 5
     best = json.loads((tmp_path / "run" / "best" / "bashgpt_best.json").read_text())
     assert best["step"] == result["step"]  # validated and saved at the step the time ran out
     evals = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
