@@ -20,7 +20,7 @@ from .data.corpus import STDLIB, load_corpus
 from .data.packing import packed_splits
 from .data.tokenization import default_tokenizer_dir, encode_batch, load_tokenizer, train_on_corpora
 from .devices import bf16_is_fast, resolve_device
-from .inference.generate import SamplingOptions, check_report, generate
+from .inference.generate import SamplingOptions, check_report
 from .training.options import TrainOptions
 from .training.train import run_training
 
@@ -202,10 +202,10 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
     save_json(out / "eval.json", result)
     add_to_model_card(best, result)
 
-    say("A few guarded samples, with their checks (never executed)")
-    for prompt in load_prompts()[:plan.show_samples]:
-        sample = generate(model, tok, prompt, sampling, seed=0, guard=True)[0]
-        print(f"----- prompt -----\n{prompt}----- model -----\n{sample.completion}\n" + "\n".join(check_report(sample.script)))
+    say("A few guarded samples from the evaluation, with their checks (never executed)")
+    for example in result["examples"][:plan.show_samples]:
+        print(f"----- prompt -----\n{example['prompt']}----- model -----\n{example['completion']}\n"
+              + "\n".join(check_report(example["prompt"] + example["completion"])))
 
     minutes = clock.minutes_used()
     summary = {"model": str(best), "stage1": s1["best"], "curves": [s1["curves"], s2["curves"]],

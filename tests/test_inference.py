@@ -127,6 +127,29 @@ def test_eval_command_reports_both_corpora_and_updates_the_card(nano_dir, tmp_pa
     assert "bits/byte" in printed and "raw model  guarded  real scripts" in printed
 
 
+def test_evaluation_starts_no_prompt_that_would_end_after_the_deadline(nano_dir, monkeypatch):
+    """Each prompt takes 10 s on a clock that only generation advances; with 25 s, the third prompt would end
+    at 30 s, so it is not started. The examples are one guarded sample of each prompt done."""
+    from bashgpt.inference import evaluate as evaluate_module
+
+    clock = {"now": 0.0}
+    real_generate = evaluate_module.generate
+
+    def five_second_generate(*args, **kwargs):
+        clock["now"] += 5.0
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock["now"])}))
+    monkeypatch.setattr(evaluate_module, "generate", five_second_generate)
+    model, tok = load_model_and_tokenizer(nano_dir)
+    prompts = [f"#!/bin/bash\n# task {i}\n" for i in range(4)]
+    result = evaluate_module.evaluate(model, tok, None, None, prompts, samples_per_prompt=2,
+                                      sampling=SamplingOptions(max_new_tokens=4), progress=False, deadline=25.0)
+    assert result["prompts_done"] == "2 of 4 (the time budget ran out)" and clock["now"] == 20.0
+    assert result["guarded"]["samples"] == 4
+    assert [e["prompt"] for e in result["examples"]] == prompts[:2]
+
+
 def test_export_to_stock_gpt2_matches_logits(nano_dir, tmp_path):
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
@@ -233,6 +256,7 @@ def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
     assert json.loads((Path(summary["model"]) / "config.json").read_text())["vocab_size"] == -(-len(own) // 64) * 64
     printed = capsys.readouterr().out
     assert "BPE tokenizer" in printed and "Next:" in printed and "bashgpt generate" in printed and "recipes/stage1.py" in printed
+    assert printed.count("----- prompt -----") == 1 and "bash -n:" in printed  # a sample from the evaluation, checked
 
 
 @pytest.mark.parametrize("norm, pos", [("layernorm", "learned"), ("rmsnorm", "rope")])

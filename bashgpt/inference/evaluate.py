@@ -111,7 +111,8 @@ def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: lis
              seq_len: int = 256, max_blocks: int = 100, real_scripts: int = 50, seed: int = 0,
              progress: bool = True, deadline: float | None = None) -> dict:
     """Every measure in one dictionary (what ``bashgpt eval`` prints and saves). With ``deadline`` (a
-    ``time.monotonic()`` value), no new prompt is started after it; the result says how many were done."""
+    ``time.monotonic()`` value), no new prompt is started that the slowest one so far says would end after it;
+    the result says how many were done."""
     sampling = sampling or SamplingOptions(max_new_tokens=200)
     seq_len = min(seq_len, model.config.max_position_embeddings)
     result = {"heldout": {}}
@@ -119,13 +120,16 @@ def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: lis
         if texts:
             result["heldout"][name] = heldout_metrics(model, tokenizer, texts, seq_len, max_blocks)
     samples = {"raw": [], "guarded": []}
+    slowest = 0.0  # seconds, of one prompt so far
     for i, prompt in enumerate(tqdm(prompts, desc="generating raw and guarded", unit="prompt", disable=not progress)):
-        if deadline is not None and i > 0 and time.monotonic() > deadline:
+        began = time.monotonic()
+        if deadline is not None and i > 0 and began + slowest > deadline:
             result["prompts_done"] = f"{i} of {len(prompts)} (the time budget ran out)"
             break
         for kind in samples:
             samples[kind] += generate(model, tokenizer, prompt, sampling, num_samples=samples_per_prompt,
                                       seed=seed + i, guard=kind == "guarded")
+        slowest = max(slowest, time.monotonic() - began)
     for kind, made in samples.items():
         result[kind] = script_quality([s.script for s in made], tokenizer, [s.ended for s in made],
                                       wrote=[bool(s.completion.strip()) for s in made]).as_dict()
@@ -134,7 +138,8 @@ def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: lis
         result["real"] = script_quality(real, tokenizer, None).as_dict()
     result["shellcheck"] = "available" if shellcheck_binary() else (
         "not installed: pip install 'bashgpt[shellcheck]' (or apt/brew install shellcheck) for ShellCheck rates")
-    result["examples"] = [s.script for s in samples["guarded"][:3]]
+    result["examples"] = [{"prompt": s.prompt, "completion": s.completion}  # one guarded sample of each first prompt
+                          for s in samples["guarded"][::samples_per_prompt][:3]]
     return result
 
 
