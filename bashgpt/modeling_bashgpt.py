@@ -27,6 +27,7 @@ from .chunked_attention import NAME as CHUNKED_ATTENTION
 from .chunked_attention import chunked_attention_forward
 from .configuration_bashgpt import BashGPTConfig
 from .fused_loss import chunked_causal_lm_loss
+from .kv_cache import GrowingCache
 from .packed_linear import linears_packed
 
 # Transformers 5.24 renamed the KV cache from `past_key_values` to `cache`: the forward argument that
@@ -263,7 +264,7 @@ class BashGPTModel(BashGPTPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = GrowingCache(self.config)
         if position_ids is None:
             past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0) + past_seen
@@ -357,11 +358,20 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):
-        """``GenerationMixin.generate`` with one change: on CPU the linear layers run on oneDNN-packed
-        copies of their weights (packed_linear.py), which stream faster in one-token steps and give
-        the same results. ``pipeline("text-generation")`` calls this too."""
+        """``GenerationMixin.generate`` with two changes that leave the tokens as they were: on CPU the
+        linear layers of one-token steps run on oneDNN-packed copies of their weights
+        (packed_linear.py), which stream faster, and the default KV cache grows in place instead of
+        being copied at every token (kv_cache.py). ``pipeline("text-generation")`` calls this too."""
         with linears_packed(self):
             return super().generate(*args, **kwargs)
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """Where ``generate`` builds its default ``DynamicCache``, use a ``GrowingCache`` (same values, no
+        per-token copy); a cache the caller passed, or another ``cache_implementation``, stays."""
+        given = model_kwargs.get(CACHE_FIELD)  # generate's name for the cache is the output field's
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        if given is None and type(model_kwargs.get(CACHE_FIELD)) is DynamicCache:
+            model_kwargs[CACHE_FIELD] = GrowingCache(self.config)
 
 
 __all__ = ["BashGPTPreTrainedModel", "BashGPTModel", "BashGPTForCausalLM", "output_cache"]

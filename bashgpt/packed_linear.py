@@ -1,11 +1,15 @@
 """oneDNN-packed linear weights for decoding on CPU.
 
 Decoding one token is a matrix-vector product per linear layer, bound by how fast the weights
-stream from memory. oneDNN reads a weight reordered into its blocked layout faster than
-``addmm`` reads the plain one (the tiny preset's 768 x 32,000 LM head: 6.7 -> 3.4 ms in fp32 on
-an AMD EPYC; about 2x for bf16 on CPUs with AVX512-BF16/AMX, bench/results.md), with the
-same results up to float rounding (greedy tokens identical in our tests). Used by
-``BashGPTForCausalLM.generate`` (so ``pipeline`` gets it too) and by the CLI's decode loop.
+stream from memory. Where oneDNN reads a weight reordered into its blocked layout faster than
+``addmm`` reads the plain one, the one-token steps use the reordered copy:
+- bf16 on CPUs with AVX512-BF16/AMX: all of the tiny preset's linears stream in 10.0 ms instead
+  of 14.5 ms (Intel Xeon with AMX), with bit-identical results for up to ``MAX_ROWS`` rows;
+- fp32 on CPUs below AVX-512 (the tiny preset's LM head: 6.7 -> 3.4 ms on an AMD EPYC with AVX2),
+  equal up to float rounding (greedy tokens identical in our tests). On AVX-512 CPUs MKL's own
+  fp32 path is the faster one (16.0 against 20.5 ms for tiny's linears), so fp32 is not packed there.
+Inputs of more rows (a prompt's prefill) are compute-bound and run on the plain weights.
+Used by ``BashGPTForCausalLM.generate`` (so ``pipeline`` gets it too) and by the CLI's decode loop.
 The packed copies live as long as the model and are rebuilt when a weight changes; they cost
 as much memory as the linear weights themselves.
 
@@ -19,9 +23,17 @@ import torch
 from torch import nn
 
 _PACKED = weakref.WeakKeyDictionary()  # model -> (weight versions, {name: (module, packed weight)})
+MAX_ROWS = 32  # packed only for inputs of at most this many rows: decode steps of a batch, not a prompt's prefill
+
+
+def worth_packing(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's reordered weights stream faster than the plain ones for this dtype on this CPU."""
+    return dtype != torch.float32 or torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX")
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor | None:
+    if not worth_packing(weight.dtype):
+        return None
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
     except (RuntimeError, AttributeError):  # no oneDNN, or no kernel for this dtype on this CPU (bf16 without AVX512)
@@ -29,7 +41,7 @@ def _pack(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` computed from the packed weight."""
+    """``F.linear(x, weight, bias)`` computed from the packed weight (for at most ``MAX_ROWS`` rows)."""
     flat = x.reshape(-1, x.shape[-1])
     out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
     return out.view(*x.shape[:-1], out.shape[-1])
@@ -53,13 +65,15 @@ def packed_weights(model: nn.Module) -> dict[str, tuple[nn.Linear, torch.Tensor]
 
 @contextmanager
 def linears_packed(model: nn.Module):
-    """Within the block, every ``nn.Linear`` of ``model`` runs on its packed weight (CPU, no autograd, no
-    autocast); anywhere else, or where oneDNN cannot pack this dtype on this CPU, nothing changes."""
+    """Within the block, every ``nn.Linear`` of ``model`` runs on its packed weight for inputs of at most
+    ``MAX_ROWS`` rows (CPU, no autograd, no autocast); anywhere else, or where packing does not pay on
+    this CPU (``worth_packing``), nothing changes."""
     use = not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
     swapped = []
     for module, packed in (packed_weights(model).values() if use else ()):
         if "forward" not in vars(module):  # not already swapped by an enclosing block
-            module.forward = lambda x, p=packed, b=module.bias: packed_linear(x, p, b)
+            module.forward = lambda x, m=module, p=packed: (
+                packed_linear(x, p, m.bias) if x.numel() <= MAX_ROWS * x.shape[-1] else type(m).forward(m, x))
             swapped.append(module)
     try:
         yield

@@ -8,7 +8,8 @@ import pytest
 import bashgpt
 
 PACKAGE = Path(bashgpt.__file__).resolve().parent
-MODEL_FILES = {"configuration_bashgpt", "modeling_bashgpt", "fused_loss", "packed_linear", "chunked_attention"}
+MODEL_FILES = {"configuration_bashgpt", "modeling_bashgpt", "fused_loss", "packed_linear", "chunked_attention",
+               "kv_cache"}
 
 
 def module_imports() -> dict[str, set[str]]:

@@ -182,7 +182,7 @@ def test_save_and_load_is_bit_exact(tmp_path, norm, pos):
     model.save_pretrained(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert {"config.json", "model.safetensors", "configuration_bashgpt.py", "modeling_bashgpt.py", "fused_loss.py",
-            "packed_linear.py", "chunked_attention.py"} <= set(names)  # the model's code, for trust_remote_code
+            "packed_linear.py", "chunked_attention.py", "kv_cache.py"} <= set(names)  # the model's code, for trust_remote_code
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_bashgpt.BashGPTForCausalLM"
@@ -350,7 +350,7 @@ def test_generate_on_packed_weights_gives_the_same_tokens(monkeypatch, dtype):
     monkeypatch.setattr(packed_linear, "packed_linear", lambda *a: calls.append(1) or real(*a))
     can_pack = bool(packed_linear.packed_weights(model))
     if dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        assert can_pack  # every x86/arm64 CPU build packs fp32; bf16 needs AVX512-BF16/AMX or similar
+        assert can_pack == packed_linear.worth_packing(dtype)  # fp32 is packed below AVX-512 only
     ids = torch.randint(2, 512, (1, 12))
     padded, mask = _left_padded_batch()
     cases = [dict(input_ids=ids, do_sample=False), dict(input_ids=padded, attention_mask=mask, do_sample=False),
@@ -368,3 +368,75 @@ def test_generate_on_packed_weights_gives_the_same_tokens(monkeypatch, dtype):
         model.lm_head.weight.mul_(-1)
     assert torch.equal(model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0),
                        GenerationMixin.generate(model, ids, max_new_tokens=10, do_sample=False, pad_token_id=0))
+
+
+def test_growing_cache_holds_what_dynamic_cache_holds():
+    """GrowingCache writes into spare room instead of concatenating; after every update, crop, batch selection and
+    reorder its keys/values equal DynamicCache's, and a step within the room allocates nothing new."""
+    from transformers import DynamicCache
+
+    from bashgpt.kv_cache import MIN_ROOM, GrowingCache
+
+    cfg = small_config(max_position_embeddings=MIN_ROOM + 100)
+    ours, theirs = GrowingCache(cfg), DynamicCache(config=cfg)
+    torch.manual_seed(0)
+
+    def both(op, *args):
+        for cache in (ours, theirs):
+            if op == "update":
+                for layer in range(cfg.num_hidden_layers):
+                    cache.update(*args, layer)
+            else:
+                getattr(cache, op)(*args)
+        for a, b in zip(ours.layers, theirs.layers, strict=True):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values), op
+
+    def kv(batch, length):
+        return torch.randn(batch, 2, length, 16), torch.randn(batch, 2, length, 16)
+
+    both("update", *kv(3, 5))
+    start = ours.layers[0].keys.data_ptr()
+    for _ in range(4):
+        both("update", *kv(3, 1))
+    assert ours.layers[0].keys.data_ptr() == start  # written into the room, no copy
+    both("crop", -3)
+    both("update", *kv(3, 2))
+    both("batch_select_indices", torch.tensor([2, 0]))
+    both("update", *kv(2, 1))
+    both("reorder_cache", torch.tensor([1, 0]))
+    for _ in range(MIN_ROOM + 20):  # past the first room: it grows, and stops at the model's context
+        both("update", *kv(2, 1))
+    assert ours.get_seq_length() == theirs.get_seq_length() == 5 + 4 - 3 + 2 + 1 + MIN_ROOM + 20
+    assert ours.layers[0]._key_buffer.shape[-2] == cfg.max_position_embeddings
+
+
+@pytest.mark.parametrize("norm, pos", VARIANTS)
+def test_generate_with_the_growing_cache_gives_dynamic_caches_tokens(norm, pos):
+    """generate() builds a GrowingCache by default; greedy and seeded sampled tokens, with and without padding, are
+    those of the same call with a plain DynamicCache, and a cache the caller passes is used as given."""
+    from transformers import DynamicCache
+
+    from bashgpt.kv_cache import GrowingCache
+    from bashgpt.modeling_bashgpt import CACHE_FIELD
+
+    model = BashGPTForCausalLM(small_config(norm_type=norm, position_embedding_type=pos)).eval()
+    built = []
+    real_init = GrowingCache.__init__
+    padded, mask = _left_padded_batch()
+    cases = [dict(input_ids=torch.randint(2, 96, (1, 7)), do_sample=False),
+             dict(input_ids=padded, attention_mask=mask, do_sample=False),
+             dict(input_ids=padded, attention_mask=mask, do_sample=True, top_p=0.9)]
+    for kwargs in cases:
+        kwargs.update(max_new_tokens=30, pad_token_id=0)
+        given = DynamicCache(config=model.config)
+        torch.manual_seed(1)
+        plain = model.generate(**kwargs, **{CACHE_FIELD: given})
+        assert type(given) is DynamicCache and given.get_seq_length() > 0  # the caller's cache was used
+        torch.manual_seed(1)
+        GrowingCache.__init__ = lambda self, *a, **k: built.append(1) or real_init(self, *a, **k)
+        try:
+            assert torch.equal(model.generate(**kwargs), plain), kwargs
+        finally:
+            GrowingCache.__init__ = real_init
+    assert len(built) == len(cases)
+    assert type(output_cache(model(torch.tensor([[3, 4]]), use_cache=True))) is GrowingCache
