@@ -316,23 +316,32 @@ def test_fused_lm_loss_matches_the_standard_loss_and_gradients(with_items):
     assert model(ids, labels=labels).logits.shape == (2, 40, 300)
 
 
-def test_fused_loss_is_the_same_for_any_chunk_size():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_is_the_same_for_any_chunk_and_group_size(dtype):
+    """Rows are worked on in chunks within groups (one matrix product per group): any sizes, including ones that do
+    not divide the rows, give the loss and gradients of the full logits; under bf16 autocast within bf16 rounding."""
     from bashgpt.fused_loss import chunked_causal_lm_loss
 
     torch.manual_seed(4)
     hidden = torch.randn(3, 50, 16, requires_grad=True)
     weight = torch.randn(70, 16, requires_grad=True)
     labels = torch.randint(0, 70, (3, 50))
+    labels[0, :9] = -100
     results = []
-    for chunk in (7, 64, 1000):
-        loss = chunked_causal_lm_loss(hidden, weight, labels, chunk_size=chunk)
+    for chunk, group in ((7, 7), (7, 30), (64, 64), (5, 1000), (1000, 1000)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = chunked_causal_lm_loss(hidden, weight, labels, chunk_size=chunk, group_size=group)
         gh, gw = torch.autograd.grad(loss, (hidden, weight))
+        assert gh.dtype == gw.dtype == torch.float32
         results.append((loss, gh, gw))
-    reference = torch.nn.functional.cross_entropy((hidden @ weight.t())[:, :-1].reshape(-1, 70), labels[:, 1:].reshape(-1))
+    tol = {} if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    logits = hidden @ weight.t()
+    reference = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 70), labels[:, 1:].reshape(-1))
+    ref_gh, ref_gw = torch.autograd.grad(reference, (hidden, weight))
     for loss, gh, gw in results:
-        torch.testing.assert_close(loss, reference)
-        torch.testing.assert_close(gh, results[0][1])
-        torch.testing.assert_close(gw, results[0][2])
+        torch.testing.assert_close(loss, reference, **tol)
+        torch.testing.assert_close(gh, ref_gh, **tol)
+        torch.testing.assert_close(gw, ref_gw, **tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
