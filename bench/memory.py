@@ -314,18 +314,31 @@ INTRO = {
 }
 
 
+def sections_of(markdown: str) -> dict[str, str]:
+    """``{heading line: the section's text}`` for the ``## `` sections of a report."""
+    blocks = {}
+    for block in ("\n" + markdown).split("\n## ")[1:]:
+        blocks["## " + block.split("\n", 1)[0]] = "## " + block.rstrip("\n") + "\n"
+    return blocks
+
+
 def write_report() -> None:
-    """bench/memory.md from the sections' latest results (memory-guide.json, memory-quality.json, ...)."""
+    """bench/memory.md from the sections' latest results (memory-guide.json, memory-quality.json, ...); a section
+    whose results file this checkout lacks keeps the text the report already has."""
     usage, *method = __doc__.split("\n\n")[1:4]
     parts = ["# Memory levers: measured\n", "```\n" + usage.strip("\n") + "\n```\n",
              *(" ".join(paragraph.split()) + "\n" for paragraph in method)]
+    report = HERE / "memory.md"
+    kept = sections_of(report.read_text()) if report.is_file() else {}
     for name, intro in INTRO.items():
         path = HERE / f"memory-{name}.json"
         if path.is_file():
             data = json.loads(path.read_text())
             rows = render_guide(data["rows"]) if name.startswith("guide") else data["rows"]
             parts += [intro + f"\n\nMachine: {data['machine']}.\n", "\n".join(rows) + "\n"]
-    (HERE / "memory.md").write_text("\n".join(parts))
+        elif intro.split("\n", 1)[0] in kept:
+            parts.append(kept[intro.split("\n", 1)[0]])
+    report.write_text("\n".join(parts))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Sections:
   peak    matmul GFLOP/s (fp32, bf16) and memory read bandwidth, measured in this run
   train   tokens/s of forward + backward + fused AdamW: bashgpt vs transformers' GPT2LMHeadModel
           built with the same dimensions; model FLOPs utilisation against the measured peak
+  profile where the tiny training step's time goes: each part (linears, attention, GELU, norms, the
+          LM loss, embeddings, optimizer) timed alone at the step's shapes, against the whole step
   decode  batch-1 greedy decode tokens/s vs GPT2LMHeadModel.generate, and vs the bandwidth bound
   data    collect + dedup throughput (this machine's scripts) and tokenising MB/s
 Machines are shared: compare ratios from one run, never absolute times from different runs.
@@ -141,6 +143,30 @@ def bench_train(sizes, dtypes, reps, peaks):
     return rows
 
 
+def bench_profile(dtypes, reps, peaks, size="tiny", batch=4, seq=512):
+    from step_profile import profile_step
+
+    rows = []
+    cfg = BashGPTConfig.from_preset(size)
+    for dtype in dtypes:
+        if bf16_emulated(dtype, peaks, f"profile {size}"):
+            continue
+        torch.manual_seed(0)
+        model = BashGPTForCausalLM(cfg).train()
+        model.config.fused_lm_loss = True
+        result = profile_step(model, train_step_fn(model, dtype, batch, seq), batch, seq, dtype == "bf16", reps,
+                              peaks[dtype])
+        result.update(size=size, dtype=dtype, batch=batch, seq=seq, peak_gflops=peaks[dtype],
+                      mfu=batch * seq * training_flops_per_token(cfg, seq) / result["whole_step_seconds"]
+                      / (peaks[dtype] * 1e9))
+        rows.append(result)
+        print(f"profile {size} {dtype} B{batch}xT{seq}: step {result['whole_step_seconds']:.3f} s, MFU {result['mfu']:.0%}; "
+              + ", ".join(f"{r['part']} {r['share']:.0%}" for r in result["parts"]), flush=True)
+        del model
+        gc.collect()
+    return rows
+
+
 DECODE_CASES = (("greedy", 1), ("sample", 1), ("greedy", 4), ("sample", 4))
 
 
@@ -264,6 +290,15 @@ def write_markdown(results, path):
                          f"{b['tokens_per_s']['median']:.0f} [{b['tokens_per_s']['min']:.0f}-{b['tokens_per_s']['max']:.0f}]"
                          f" | {b['mfu']:.0%} | {r['ratio']:.2f}x |")
         lines.append("")
+    for r in results.get("profile", []):
+        lines += [f"## Where the {r['size']} {r['dtype']} training step's time goes (batch {r['batch']} x {r['seq']})", "",
+                  f"Whole step {r['whole_step_seconds']:.3f} s, MFU {r['mfu']:.0%} of the {r['peak_gflops']:.0f} GFLOP/s "
+                  "matmul peak. Each part ran alone, forward and backward, at the step's shapes (bench/step_profile.py).",
+                  "", "| part | ms per step | share | GFLOP/s | of peak |", "|---|---|---|---|---|"]
+        for p in r["parts"]:
+            rate = "" if p["gflops"] is None else f"{p['gflops']:.0f} | {p['of_peak']:.0%}"
+            lines.append(f"| {p['part']} | {p['seconds'] * 1e3:.0f} | {p['share']:.0%} | {rate or ' |'} |")
+        lines.append("")
     if results.get("decode"):
         lines += ["## Decoding (128 new tokens after a 32-token prompt; tokens/s over the whole batch)", "",
                   "`generate()` is `BashGPTForCausalLM.generate`, what `pipeline` calls; the CLI loop is what "
@@ -289,8 +324,8 @@ def write_markdown(results, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", choices=("peak", "train", "decode", "data"),
-                        default=["peak", "train", "decode", "data"])
+    parser.add_argument("--only", nargs="*", choices=("peak", "train", "profile", "decode", "data"),
+                        default=["peak", "train", "profile", "decode", "data"])
     parser.add_argument("--sizes", nargs="*", default=["nano", "tiny"])
     parser.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"])
     parser.add_argument("--reps", type=int, default=5)
@@ -311,6 +346,8 @@ def main():
     if "train" in args.only:
         results["train"] = bench_train(args.sizes, args.dtypes, args.reps, peaks)
         results["peak"].update(peaks)  # the best rate seen, which the MFU figures use
+    if "profile" in args.only:
+        results["profile"] = bench_profile(args.dtypes, args.reps, peaks)
     if "decode" in args.only:
         results["decode"] = bench_decode(args.sizes, args.dtypes, args.reps, peaks)
     if "data" in args.only:
