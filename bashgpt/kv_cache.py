@@ -5,8 +5,9 @@ copies the whole cache of every layer into a fresh allocation, a cost that grows
 and the length (at the tiny preset, bf16, 128 new tokens on an Intel Xeon: ``generate()`` went
 from 71.1 to 72.5 tokens/s at batch 1 and from 253 to 260 at batch 4). ``GrowingCache`` keeps
 each layer's keys and values in a buffer with room to spare (doubling when full) and writes new
-positions into it; ``keys``/``values`` are views of the filled part, so everything else ``DynamicLayer`` does (crop, length, batch selection,
-reordering) works on them unchanged, and the values, hence the tokens, are the same.
+positions into it; ``keys``/``values`` are views of the filled part, so everything else
+``DynamicLayer`` does (crop, length, batch selection, reordering) works on them unchanged, and
+the values, hence the tokens, are the same.
 
 ``BashGPTForCausalLM.generate`` uses it where ``generate`` would build a plain
 ``DynamicCache``; a cache the caller passes, or another ``cache_implementation``, is left alone.
