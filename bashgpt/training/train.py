@@ -310,7 +310,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
                 f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
                 f"about {plan.seconds_per_step:.2f} s per step, " +
-                (f"training for {opts.time_budget:g} minutes (--time-budget)" if opts.time_budget else
+                (f"training for {opts.time_budget:.3g} minutes (--time-budget)" if opts.time_budget else
                  f"{plan.seconds_per_step * max_steps / 3600:.2f} h in all"))
         warning = fit_advice(plan)
         if warning:
