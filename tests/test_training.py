@@ -417,16 +417,41 @@ def test_advice_says_the_guides_warning_signs_plainly():
     said = []
     ledger = SkipLedger()
     advice = Advice(ledger, said.append)
-    advice.train_losses = [3.0] * 5
-    advice.eval_losses = [4.0]
-    advice.eval_losses.append(4.5)  # the loss rose early in the run
+    advice.train_losses = [3.6] * 5
+    advice.eval_losses = [4.0, 4.5]  # the loss rose early in the run, near the training loss
     notes = advice.advise(4.5, 0.2)
-    assert any("rose" in n and "--learning-rate" in n for n in notes)
-    assert any("overfitting" in n for n in notes)  # 4.5 > 1.3 x 3.0 + 0.2
+    assert any("rose" in n and "--learning-rate" in n for n in notes) and not any("overfitting" in n for n in notes)
+    advice.train_losses = [3.0] * 5  # 4.5 > 1.3 x 3.0 + 0.2: the rise is overfitting, not the learning rate
+    notes = advice.advise(4.5, 0.2)
+    assert any("overfitting" in n and "--early-stopping" in n for n in notes)
+    assert not any("--learning-rate" in n for n in notes)
     for step in range(20):
         ledger.record(step % 4 == 0, step)
     assert any("skipped for NaN/inf" in n for n in advice.advise(3.1, 0.9))
     assert not any("warning" in n for n in Advice(SkipLedger(), said.append).advise(3.0, 0.5))
+
+
+def test_early_stopping_stops_after_n_validations_without_a_new_best(tmp_path, monkeypatch, capsys):
+    """--early-stopping 2 with a validation every step: the first validation is the best and no later one beats it
+    (the saver is told so), so training stops at the third validation, step 3 of 6, and best/ is step 1's."""
+    from bashgpt.training.callbacks import BestModelSaver, EarlyStop
+
+    monkeypatch.setattr(BestModelSaver, "improves", lambda self, loss: self.best_loss == math.inf)
+    summary = run_training(options(tmp_path, num_epochs=1, steps_per_epoch=6, eval_steps=1, early_stopping=2))
+    assert summary["step"] == 3 and len(summary["eval_losses"]) == 3
+    assert json.loads((Path(summary["best"]) / "bashgpt_best.json").read_text())["step"] == 1
+    assert "stopping early at step 3: 2 validations without a new best" in capsys.readouterr().err
+
+    said, saver = [], BestModelSaver(lambda model, state: None)
+    stop = EarlyStop(3, saver, said.append)
+    monkeypatch.undo()
+    state, control = type("S", (), {"global_step": 0})(), type("C", (), {"should_training_stop": False})()
+    for loss in (3.0, 2.9, 3.1, 2.8, 3.2, 3.0):  # a new best (2.8) resets the count
+        stop.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+        saver.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+    assert not control.should_training_stop
+    stop.on_evaluate(None, state, control, metrics={"eval_loss": 3.3})
+    assert control.should_training_stop and said
 
 
 @pytest.mark.parametrize("live", [True, False])

@@ -109,6 +109,25 @@ class BestModelSaver(TrainerCallback):
             self.saved_once = True
 
 
+class EarlyStop(TrainerCallback):
+    """``--early-stopping N``: training stops once N validations in a row bring no new best loss (a model learning
+    its data by heart: validation rises while training loss falls); ``best/`` already holds the best."""
+
+    def __init__(self, patience: int, saver: BestModelSaver, say):
+        self.patience, self.saver, self.say = patience, saver, say
+        self.without_best = 0
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None:
+            return
+        self.without_best = 0 if self.saver.improves(loss) else self.without_best + 1
+        if self.without_best >= self.patience:
+            control.should_training_stop = True
+            self.say(f"stopping early at step {state.global_step}: {self.without_best} validations without a new "
+                     f"best (best {self.saver.best_loss:.3f}, kept in best/)")
+
+
 class Advice(TrainerCallback):
     """The guide's warning signs, said plainly at each evaluation (the validation line itself is progress.py's)."""
 
@@ -132,8 +151,12 @@ class Advice(TrainerCallback):
 
     def advise(self, loss: float, progress: float) -> list[str]:
         notes = []
+        recent = sum(self.train_losses[-5:]) / len(self.train_losses[-5:]) if self.train_losses else math.nan
+        overfitting = math.isfinite(loss) and loss > 1.3 * recent + 0.2
         if not math.isfinite(loss):
             notes.append("warning: validation loss is not finite; lower --learning-rate or raise --warmup-steps")
+        elif overfitting:  # a rise then is the overfitting said below, not a learning rate too high
+            pass
         elif len(self.eval_losses) >= 2 and loss > self.eval_losses[-2] * 1.01:
             notes.append("warning: validation loss rose since the last evaluation"
                          + ("; early in a run this means the learning rate is too high: try a lower --learning-rate "
@@ -141,11 +164,9 @@ class Advice(TrainerCallback):
         elif len(self.eval_losses) >= 3 and progress < 0.5 and self.eval_losses[-3] - loss < 0.01 * loss:
             notes.append("warning: validation loss has plateaued early; try a higher --learning-rate, a larger "
                          "--batch-size or --gradient-accumulation-steps")
-        if self.train_losses and math.isfinite(loss):
-            recent = sum(self.train_losses[-5:]) / len(self.train_losses[-5:])
-            if loss > 1.3 * recent + 0.2:
-                notes.append(f"warning: validation loss is far above training loss ({recent:.3f}): overfitting; "
-                             f"use more data or fewer steps")
+        if overfitting:
+            notes.append(f"warning: validation loss is far above training loss ({recent:.3f}): overfitting; "
+                         f"use more data or fewer steps (--early-stopping N stops such a run)")
         if self.ledger.recent_fraction > 0.05:
             notes.append(f"warning: {self.ledger.recent_fraction:.0%} of recent updates were skipped for NaN/inf; "
                          f"lower --learning-rate or raise --warmup-steps")

@@ -52,6 +52,7 @@ class TrainOptions:
     seq_len: int | None = None
     eval_steps: int | None = None
     eval_blocks: int = 200
+    early_stopping: int | None = None  # stop after this many validations in a row without a new best
     lr_schedule: str = "constant"
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
@@ -136,6 +137,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, stage: str | None = Non
     g.add_argument("--seq-len", type=int, help="tokens per training sequence (default 1024; nano 256)")
     g.add_argument("--eval-steps", type=int, help="validate every N steps (default: once per epoch)")
     g.add_argument("--eval-blocks", type=int, default=200, help="validation sequences used per evaluation")
+    g.add_argument("--early-stopping", type=int, metavar="N",
+                   help="stop once N validations in a row bring no new best validation loss (best/ keeps the best)")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--seed", type=int, default=42)
 

@@ -31,7 +31,7 @@ from ..data.tokenization import default_tokenizer_dir, load_tokenizer
 from ..devices import choose_precision, resolve_device
 from ..errors import UserError
 from ..inference.modelio import save_model_folder
-from .callbacks import Advice, BestModelSaver, EpochBoundary, JsonlLog, TimeBudget
+from .callbacks import Advice, BestModelSaver, EarlyStop, EpochBoundary, JsonlLog, TimeBudget
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .cpu_memory import keep_large_allocations_on_heap, return_freed_memory
 from .estimate import estimate, fit_advice
@@ -72,7 +72,7 @@ class Run:
 def validate(opts: TrainOptions) -> None:
     """Refuse impossible numbers before any work."""
     for name in ("batch_size", "num_epochs", "steps_per_epoch", "gradient_accumulation_steps", "seq_len",
-                 "eval_steps", "eval_blocks"):
+                 "eval_steps", "eval_blocks", "early_stopping"):
         value = getattr(opts, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
@@ -350,9 +350,10 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     budget = TimeBudget(opts.time_budget * 60, opts.warmup_steps) if opts.time_budget else None
     progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, tokens_per_step, run.say, opts.progress,
                             run.is_main, saver, budget)  # before the saver in the list: it asks, then the saver updates
+    early = [EarlyStop(opts.early_stopping, saver, run.say)] if opts.early_stopping else []
     callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch),
                  JsonlLog(out / "log.jsonl", tokens_per_step, opts.steps_per_epoch, device, ledger, run.is_main),
-                 progress, advice, saver, *extra_callbacks]
+                 progress, advice, *early, saver, *extra_callbacks]  # early asks the saver before it updates
     stopper = GracefulStop(run.say)
     trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
                           data_collator=default_data_collator, processing_class=tokenizer,
