@@ -425,6 +425,9 @@ def test_advice_says_the_guides_warning_signs_plainly():
     notes = advice.advise(4.5, 0.2)
     assert any("overfitting" in n and "--early-stopping" in n for n in notes)
     assert not any("--learning-rate" in n for n in notes)
+    stopping = Advice(ledger, said.append, early_stopping=True)  # a run that stops itself is not told to
+    stopping.train_losses, stopping.eval_losses = [3.0] * 5, [4.0, 4.5]
+    assert not any("--early-stopping" in n for n in stopping.advise(4.5, 0.2))
     for step in range(20):
         ledger.record(step % 4 == 0, step)
     assert any("skipped for NaN/inf" in n for n in advice.advise(3.1, 0.9))

@@ -131,9 +131,10 @@ class EarlyStop(TrainerCallback):
 class Advice(TrainerCallback):
     """The guide's warning signs, said plainly at each evaluation (the validation line itself is progress.py's)."""
 
-    def __init__(self, ledger, say):
+    def __init__(self, ledger, say, early_stopping: bool = False):
         self.ledger = ledger
         self.say = say
+        self.early_stopping = early_stopping  # the run stops itself when overfitting goes on: no need to suggest it
         self.eval_losses: list[float] = []
         self.train_losses: list[float] = []
 
@@ -166,7 +167,8 @@ class Advice(TrainerCallback):
                          "--batch-size or --gradient-accumulation-steps")
         if overfitting:
             notes.append(f"warning: validation loss is far above training loss ({recent:.3f}): overfitting; "
-                         f"use more data or fewer steps (--early-stopping N stops such a run)")
+                         "use more data or fewer steps" + ("" if self.early_stopping else
+                                                           " (--early-stopping N stops such a run)"))
         if self.ledger.recent_fraction > 0.05:
             notes.append(f"warning: {self.ledger.recent_fraction:.0%} of recent updates were skipped for NaN/inf; "
                          f"lower --learning-rate or raise --warmup-steps")

@@ -326,7 +326,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         "effective_batch": effective_batch, "seq_len": opts.seq_len, "path": str(best_dir),
         "from_checkpoint": str(ckpt_path) if ckpt_path else None,
     }
-    advice = Advice(ledger, run.say)
+    advice = Advice(ledger, run.say, early_stopping=bool(opts.early_stopping))
     lineage = training_lineage(opts, ckpt_path)
 
     def save_best(model_to_save, state):
