@@ -22,7 +22,10 @@ def _fwd_bwd(fn, *inputs):
     leaves = [x.detach().requires_grad_() for x in inputs]
     out = fn(*leaves)
     out = out[0] if isinstance(out, tuple) else out
-    out.backward(torch.ones_like(out)) if out.dim() else out.backward()
+    if out.dim():
+        out.backward(torch.ones_like(out))
+    else:  # a loss
+        out.backward()
 
 
 def step_parts(model, batch: int, seq: int, amp: bool):
@@ -35,8 +38,7 @@ def step_parts(model, batch: int, seq: int, amp: bool):
     x_inner = torch.randn(batch, seq, inner, dtype=dtype)
     q, k, v = (torch.randn(batch, heads, seq, cfg.head_dim, dtype=dtype) for _ in range(3))
     ids = torch.randint(0, cfg.vocab_size, (batch, seq))
-    attend = ALL_ATTENTION_FUNCTIONS[cfg._attn_implementation] if cfg._attn_implementation in ALL_ATTENTION_FUNCTIONS \
-        else None
+    attend = ALL_ATTENTION_FUNCTIONS[cfg._attn_implementation]
 
     def linears():
         for blk in tr.h:
