@@ -331,13 +331,13 @@ def write_report() -> None:
     report = HERE / "memory.md"
     kept = sections_of(report.read_text()) if report.is_file() else {}
     for name, intro in INTRO.items():
-        path = HERE / f"memory-{name}.json"
+        path, heading = HERE / f"memory-{name}.json", intro.split("\n", 1)[0]
         if path.is_file():
             data = json.loads(path.read_text())
             rows = render_guide(data["rows"]) if name.startswith("guide") else data["rows"]
             parts += [intro + f"\n\nMachine: {data['machine']}.\n", "\n".join(rows) + "\n"]
-        elif intro.split("\n", 1)[0] in kept:
-            parts.append(kept[intro.split("\n", 1)[0]])
+        elif heading in kept:
+            parts.append(kept[heading])
     report.write_text("\n".join(parts))
 
 

@@ -296,8 +296,8 @@ def write_markdown(results, path):
                   "matmul peak. Each part ran alone, forward and backward, at the step's shapes (bench/step_profile.py).",
                   "", "| part | ms per step | share | GFLOP/s | of peak |", "|---|---|---|---|---|"]
         for p in r["parts"]:
-            rate = "" if p["gflops"] is None else f"{p['gflops']:.0f} | {p['of_peak']:.0%}"
-            lines.append(f"| {p['part']} | {p['seconds'] * 1e3:.0f} | {p['share']:.0%} | {rate or ' |'} |")
+            rate, of_peak = ("", "") if p["gflops"] is None else (f"{p['gflops']:.0f}", f"{p['of_peak']:.0%}")
+            lines.append(f"| {p['part']} | {p['seconds'] * 1e3:.0f} | {p['share']:.0%} | {rate} | {of_peak} |")
         lines.append("")
     if results.get("decode"):
         lines += ["## Decoding (128 new tokens after a 32-token prompt; tokens/s over the whole batch)", "",

@@ -420,7 +420,7 @@ def test_growing_cache_holds_what_dynamic_cache_holds():
 
 
 @pytest.mark.parametrize("norm, pos", VARIANTS)
-def test_generate_with_the_growing_cache_gives_dynamic_caches_tokens(norm, pos):
+def test_generate_with_the_growing_cache_gives_dynamic_caches_tokens(monkeypatch, norm, pos):
     """generate() builds a GrowingCache by default; greedy and seeded sampled tokens, with and without padding, are
     those of the same call with a plain DynamicCache, and a cache the caller passes is used as given."""
     from transformers import DynamicCache
@@ -442,10 +442,8 @@ def test_generate_with_the_growing_cache_gives_dynamic_caches_tokens(norm, pos):
         plain = model.generate(**kwargs, **{CACHE_FIELD: given})
         assert type(given) is DynamicCache and given.get_seq_length() > 0  # the caller's cache was used
         torch.manual_seed(1)
-        GrowingCache.__init__ = lambda self, *a, **k: built.append(1) or real_init(self, *a, **k)
-        try:
-            assert torch.equal(model.generate(**kwargs), plain), kwargs
-        finally:
-            GrowingCache.__init__ = real_init
+        monkeypatch.setattr(GrowingCache, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
+        assert torch.equal(model.generate(**kwargs), plain), kwargs
+        monkeypatch.undo()
     assert len(built) == len(cases)
     assert type(output_cache(model(torch.tensor([[3, 4]]), use_cache=True))) is GrowingCache
