@@ -26,6 +26,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to
 from .chunked_attention import NAME as CHUNKED_ATTENTION
 from .chunked_attention import chunked_attention_forward
 from .configuration_bashgpt import BashGPTConfig
+from .decode_loop import applies as decode_loop_applies
+from .decode_loop import decode
 from .fused_loss import chunked_causal_lm_loss
 from .kv_cache import GrowingCache
 from .packed_linear import linears_packed
@@ -372,6 +374,17 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         if given is None and type(model_kwargs.get(CACHE_FIELD)) is DynamicCache:
             model_kwargs[CACHE_FIELD] = GrowingCache(self.config)
+
+    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                streamer=None, **model_kwargs):
+        """Greedy search and sampling, the decoding ``generate`` picks for ``num_beams=1``: the lean loop of
+        decode_loop.py where it applies (same greedy tokens, top-k sampling among the k candidates),
+        Transformers' own loop otherwise (returned scores, static caches, ...)."""
+        if not decode_loop_applies(generation_config, synced_gpus, model_kwargs, model_kwargs.get(CACHE_FIELD)):
+            return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config,
+                                   synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
+        return decode(self, input_ids, logits_processor, stopping_criteria, generation_config, streamer,
+                      model_kwargs, CACHE_FIELD)
 
 
 __all__ = ["BashGPTPreTrainedModel", "BashGPTModel", "BashGPTForCausalLM", "output_cache"]

@@ -188,8 +188,8 @@ def cpu_description() -> str:
 
 def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
     """model.generate() (what pipeline calls) against GPT2LMHeadModel.generate at the same dimensions, greedy and
-    sampling, batch 1 and 4; plus the CLI's decode loop at batch 1. Greedy tokens are checked against plain
-    GenerationMixin.generate (no packed weights)."""
+    sampling, batch 1 and 4; plus the CLI's decode loop at batch 1. Greedy tokens are checked against
+    Transformers' own decoding loop on the plain weights (GenerationMixin.generate, return_dict_in_generate)."""
     from transformers import GenerationMixin
 
     rows = []
@@ -214,7 +214,8 @@ def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
                 with torch.inference_mode():
                     same = None
                     if mode == "greedy":
-                        plain = GenerationMixin.generate(ours, prompt, **kwargs)
+                        # Transformers' own loop (returned scores make ours step aside), on the plain weights
+                        plain = GenerationMixin.generate(ours, prompt, return_dict_in_generate=True, **kwargs).sequences
                         same = torch.equal(runners["generate()"](), plain) and (
                             "CLI loop" not in runners or torch.equal(runners["CLI loop"](), plain))
                     short = dict(kwargs, max_new_tokens=8, min_new_tokens=8)

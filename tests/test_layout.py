@@ -9,7 +9,7 @@ import bashgpt
 
 PACKAGE = Path(bashgpt.__file__).resolve().parent
 MODEL_FILES = {"configuration_bashgpt", "modeling_bashgpt", "fused_loss", "packed_linear", "chunked_attention",
-               "kv_cache"}
+               "kv_cache", "decode_loop"}
 
 
 def module_imports() -> dict[str, set[str]]:

@@ -182,7 +182,7 @@ def test_save_and_load_is_bit_exact(tmp_path, norm, pos):
     model.save_pretrained(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert {"config.json", "model.safetensors", "configuration_bashgpt.py", "modeling_bashgpt.py", "fused_loss.py",
-            "packed_linear.py", "chunked_attention.py", "kv_cache.py"} <= set(names)  # the model's code, for trust_remote_code
+            "packed_linear.py", "chunked_attention.py", "kv_cache.py", "decode_loop.py"} <= set(names)  # the model's code, for trust_remote_code
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_bashgpt.BashGPTForCausalLM"
