@@ -259,20 +259,6 @@ def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
     assert printed.count("----- prompt -----") == 1 and "bash -n:" in printed  # a sample from the evaluation, checked
 
 
-@pytest.mark.parametrize("norm, pos", [("layernorm", "learned"), ("rmsnorm", "rope")])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_decode_loop_matches_generate_greedy(norm, pos, dtype):
-    from bashgpt.inference.decoding import fast_greedy_decode
-
-    torch.manual_seed(1)
-    cfg = BashGPTConfig(vocab_size=500, hidden_size=64, num_hidden_layers=3, num_attention_heads=2,
-                        max_position_embeddings=128, norm_type=norm, position_embedding_type=pos)
-    model = BashGPTForCausalLM(cfg).eval().to(dtype)
-    prompt = torch.randint(2, 500, (1, 9))
-    expected = model.generate(prompt, max_new_tokens=30, min_new_tokens=30, do_sample=False, pad_token_id=0)
-    assert torch.equal(fast_greedy_decode(model, prompt, 30), expected)
-
-
 def test_shellcheck_from_the_extra_is_found_without_an_activated_venv():
     beside = Path(sys.executable).parent / "shellcheck"
     if not beside.is_file():

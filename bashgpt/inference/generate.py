@@ -1,9 +1,9 @@
 """Generate bash with a trained model, and check it without running it.
 
 By default each line is checked as it is written and a line that breaks the script is sampled
-again (syntax_guard.py, through ``model.generate``). Raw sampling (``guard=False``) runs in
-bashgpt's lean decode loop (decoding.py: preallocated KV cache, packed weights on CPU) with
-Transformers' own logits processors. Several samples are ranked: those that parse first, then by
+again (syntax_guard.py, through ``model.generate``). Raw sampling (``guard=False``) is a plain
+``model.generate``, which for bashgpt models runs its lean decode loop (decode_loop.py) on packed
+weights (packed_linear.py). Several samples are ranked: those that parse first, then by
 ShellCheck findings (errors, then warnings, then notes), then by the model's mean log-likelihood.
 """
 
@@ -13,7 +13,6 @@ import torch
 from transformers import GenerationConfig, TextStreamer
 
 from ..errors import UserError
-from .decoding import fast_decode, sampler
 from .shellcheck import bash_parse, shellcheck
 from .syntax_guard import LineChecker, guarded_generate
 
@@ -88,23 +87,12 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
         results = [guarded_generate(model, tokenizer, enc["input_ids"], config, checker) for _ in range(num_samples)]
         return [Sample(prompt, tokenizer.decode(r.ids[n:], skip_special_tokens=True), r.ended, True, r.rollbacks)
                 for r in results]
-    if model.config.model_type != "bashgpt":  # another model type (--trust-remote-code): its own generate()
-        return [_generic_sample(model, tokenizer, prompt, enc, config, stream) for _ in range(num_samples)]
-    samples = []
-    pick = sampler(config)
-    for _ in range(num_samples):
-        streamer = _Streamer(tokenizer, stream) if stream is not None else None
-        if streamer is not None:
-            streamer.put(enc["input_ids"].cpu())  # the prompt (skipped by the streamer)
-        out = fast_decode(model, enc["input_ids"], config.max_new_tokens, pick, tokenizer.eos_token_id,
-                          on_token=streamer.put_tensor if streamer is not None else None)
-        if streamer is not None:
-            streamer.end()
-        samples.append(to_sample(prompt, out[0, enc["input_ids"].shape[1]:].tolist(), tokenizer))
-    return samples
+    return [_sample(model, tokenizer, prompt, enc, config, stream) for _ in range(num_samples)]
 
 
-def _generic_sample(model, tokenizer, prompt, enc, config, stream) -> "Sample":
+def _sample(model, tokenizer, prompt, enc, config, stream) -> "Sample":
+    """One completion through the model's ``generate()`` (for bashgpt models, its lean decode loop on packed
+    weights: decode_loop.py), streamed to ``stream`` if given."""
     streamer = _Streamer(tokenizer, stream) if stream is not None else None
     with torch.inference_mode():
         out = model.generate(**enc, generation_config=config, streamer=streamer)
@@ -125,9 +113,6 @@ class _Streamer(TextStreamer):
     def __init__(self, tokenizer, file):
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.file = file
-
-    def put_tensor(self, token: torch.Tensor):
-        self.put(token.cpu())
 
     def on_finalized_text(self, text: str, stream_end: bool = False):
         self.file.write(text + ("\n" if stream_end else ""))
