@@ -5,19 +5,22 @@ stream from memory. Where oneDNN reads a weight reordered into its blocked layou
 ``addmm`` reads the plain one, the one-token steps use the reordered copy:
 - bf16 on CPUs with AVX512-BF16/AMX: all of the tiny preset's linears stream in 10.0 ms instead
   of 14.5 ms (Intel Xeon with AMX), with bit-identical results for up to ``MAX_ROWS`` rows;
-- fp32 on CPUs below AVX-512 (the tiny preset's LM head: 6.7 -> 3.4 ms on an AMD EPYC with AVX2),
-  equal up to float rounding (greedy tokens identical in our tests). On AVX-512 CPUs MKL's own
-  fp32 path is the faster one (16.0 against 20.5 ms for tiny's linears), so fp32 is not packed there.
+- fp32 except on Intel CPUs with AVX-512, equal up to float rounding (greedy tokens identical in our
+  tests): the tiny preset's LM head 6.7 -> 3.4 ms on an AMD EPYC with AVX2, all of tiny's linears
+  17.0 -> 9.8 ms on an AMD EPYC with AVX-512 (Zen 5). On Intel's AVX-512 CPUs MKL's own fp32 path is
+  the faster one (16.0 against 20.5 ms for tiny's linears), so fp32 is not packed there.
 Inputs of more rows (a prompt's prefill) are compute-bound and run on the plain weights.
-Used by ``BashGPTForCausalLM.generate`` (so ``pipeline`` gets it too) and by the CLI's decode loop.
+Used by ``BashGPTForCausalLM.generate``, so ``pipeline`` and ``bashgpt generate`` get it too.
 The packed copies live as long as the model and are rebuilt when a weight changes; they cost
 as much memory as the linear weights themselves.
 
 Copied beside the weights with the modeling file; imports only torch.
 """
 
+import platform
 import weakref
 from contextlib import contextmanager
+from functools import cache
 
 import torch
 from torch import nn
@@ -26,9 +29,19 @@ _PACKED = weakref.WeakKeyDictionary()  # model -> (weight versions, {name: (modu
 MAX_ROWS = 32  # packed only for inputs of at most this many rows: decode steps of a batch, not a prompt's prefill
 
 
+@cache
+def intel_cpu() -> bool:
+    """Whether this is an Intel CPU (/proc/cpuinfo's vendor on Linux, the processor name elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in info)
+    except OSError:
+        return "intel" in platform.processor().lower()
+
+
 def worth_packing(dtype: torch.dtype) -> bool:
     """Whether oneDNN's reordered weights stream faster than the plain ones for this dtype on this CPU."""
-    return dtype != torch.float32 or torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX")
+    return dtype != torch.float32 or not (intel_cpu() and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"))
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor | None:
