@@ -6,7 +6,8 @@ model -> causal-LM head. Weight names follow GPT-2 (``transformer.wte``, ``h.N.a
 
 This file is copied beside the weights by ``save_pretrained`` so that a folder loads with
 ``trust_remote_code=True`` where bashgpt is not installed: it imports only torch,
-transformers and its siblings (configuration, fused loss, packed linears; single-level relative imports).
+transformers and its siblings (configuration, fused loss, packed linears, KV cache, decode loop;
+single-level relative imports).
 """
 
 import inspect
@@ -360,10 +361,11 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):
-        """``GenerationMixin.generate`` with two changes that leave the tokens as they were: on CPU the
+        """``GenerationMixin.generate`` with three changes that leave greedy tokens as they were: on CPU the
         linear layers of one-token steps run on oneDNN-packed copies of their weights
-        (packed_linear.py), which stream faster, and the default KV cache grows in place instead of
-        being copied at every token (kv_cache.py). ``pipeline("text-generation")`` calls this too."""
+        (packed_linear.py), which stream faster; the default KV cache grows in place instead of
+        being copied at every token (kv_cache.py); greedy search and sampling run a lean loop
+        (``_sample``, decode_loop.py). ``pipeline("text-generation")`` calls this too."""
         with linears_packed(self):
             return super().generate(*args, **kwargs)
 
