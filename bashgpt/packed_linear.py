@@ -67,7 +67,7 @@ def packed_weights(model: nn.Module) -> dict[str, tuple[nn.Linear, torch.Tensor]
     if not weights or weights[0].device.type != "cpu" or not torch.backends.mkldnn.is_available() \
             or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return {}
-    versions = tuple((id(w), w._version) for w in weights)
+    versions = tuple((id(w), w.data_ptr(), w.dtype, w._version) for w in weights)  # model.to(dtype) swaps .data
     cached = _PACKED.get(model)
     if cached is None or cached[0] != versions:
         packed = {name: (m, _pack(m.weight)) for name, m in linears.items()}

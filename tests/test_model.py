@@ -377,6 +377,10 @@ def test_generate_on_packed_weights_gives_the_same_tokens(monkeypatch, dtype):
         model.lm_head.weight.mul_(-1)
     assert torch.equal(model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0),
                        GenerationMixin.generate(model, ids, max_new_tokens=10, do_sample=False, pad_token_id=0))
+    other = torch.bfloat16 if dtype == torch.float32 else torch.float32
+    model.to(other)  # so is a model converted in place (.to swaps each weight's data, same Parameter)
+    assert torch.equal(model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0),
+                       GenerationMixin.generate(model, ids, max_new_tokens=10, do_sample=False, pad_token_id=0))
 
 
 def test_growing_cache_holds_what_dynamic_cache_holds():
