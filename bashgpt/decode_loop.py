@@ -7,11 +7,11 @@ things differ from ``_sample``:
 - one forward per token with the inputs computed directly (the next positions, the grown mask),
   without ``prepare_inputs_for_generation`` / ``_update_model_kwargs_for_generation`` and the
   outputs bookkeeping; the forward and its inputs are the same, so greedy tokens are the same;
-- sampling with top-k (and top-p after it), the default warpers, keeps the k candidates that
-  ``torch.topk`` finds (with any tied with the k-th, as the top-k warper keeps them) and applies top-p
-  and the draw to those, where ``_sample`` sorts the whole
-  vocabulary for top-p and draws from all of it: the same distribution (up to float rounding at the
-  top-p boundary) for a fraction of the work. Other processors run unchanged, before it.
+- sampling with top-k (and top-p after it), the default warpers, takes the candidates ``torch.topk``
+  finds (with any tied with the k-th, as the top-k warper keeps them) and applies top-p and the draw
+  to those, where ``_sample`` sorts the whole vocabulary for top-p and draws from all of it: the
+  same distribution (up to float rounding at the top-p boundary, and which of two tokens tied
+  there stays) for a fraction of the work. Other processors run unchanged, before it.
 
 Copied beside the weights with the modeling file; imports only torch and transformers.
 """
