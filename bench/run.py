@@ -235,6 +235,43 @@ def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
     return rows
 
 
+
+def bench_sampler(reps, calls=200):
+    """One sampling step on fp32 logits (temperature 0.8, top-k 50, top-p 0.95, the draw): decode_loop's picker
+    against Transformers' warpers followed by softmax and torch.multinomial over the whole vocabulary, as its
+    _sample does. Interleaved; milliseconds per step."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from bashgpt.decode_loop import TokenPicker
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(50), TopPLogitsWarper(0.95)])
+    picker = TokenPicker(warpers, do_sample=True)
+    vocab = BashGPTConfig.from_preset("tiny").vocab_size
+    rows = []
+    for batch in (1, 4):
+        logits = (torch.randn(batch, vocab) * 3).bfloat16().float()  # a bf16 model's logits: ties
+        ids = torch.zeros(batch, 8, dtype=torch.long)
+        runners = {"decode_loop": lambda i=ids, x=logits: picker(i, x),
+                   "transformers": lambda i=ids, x=logits: torch.multinomial(torch.softmax(warpers(i, x), dim=-1), 1)}
+        times = {name: [] for name in runners}
+        for _ in range(reps):
+            for name, fn in runners.items():
+                t = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                times[name].append((time.perf_counter() - t) / calls * 1e3)
+        row = {"batch": batch, "vocab": vocab, **{name: median_minmax(ts) for name, ts in times.items()}}
+        row["ratio"] = row["transformers"]["median"] / row["decode_loop"]["median"]
+        rows.append(row)
+        print(f"sampling step batch {batch}: decode_loop {row['decode_loop']['median']:.3f} ms, Transformers' warpers + "
+              f"multinomial {row['transformers']['median']:.3f} ms ({row['ratio']:.1f}x)", flush=True)
+    return rows
+
 def bench_data(reps):
     from bashgpt.data.collect import collect
     from bashgpt.data.tokenization import default_tokenizer_dir, encode_batch, load_tokenizer
@@ -309,6 +346,15 @@ def write_markdown(results, path):
                          f"{r['ratio']:.2f}x | {same} | {r['bound_tokens_per_s']:.0f} tok/s at "
                          f"{r['bandwidth_GBps']:.0f} GB/s |")
         lines.append("")
+    if results.get("sampler"):
+        lines += [f"One sampling step on {results['sampler'][0]['vocab']}-wide fp32 logits (temperature 0.8, top-k 50, "
+                  "top-p 0.95, the draw), milliseconds: generate()'s picker (decode_loop.py) against Transformers' "
+                  "warpers, softmax and `torch.multinomial` over the whole vocabulary.", "",
+                  "| batch | decode_loop | Transformers | ratio |", "|---|---|---|---|"]
+        for r in results["sampler"]:
+            lines.append(f"| {r['batch']} | {r['decode_loop']['median']:.3f} | {r['transformers']['median']:.3f} | "
+                         f"{r['ratio']:.1f}x |")
+        lines.append("")
     if results.get("data"):
         d = results["data"]
         lines += ["## Data", "", f"- collect + dedup of {d['sources']} ({d['files_seen']} files seen, {d['kept']} kept): "
@@ -345,6 +391,7 @@ def main():
         results["profile"] = bench_profile(args.dtypes, args.reps, peaks)
     if "decode" in args.only:
         results["decode"] = bench_decode(args.sizes, args.dtypes, args.reps, peaks)
+        results["sampler"] = bench_sampler(args.reps)
     if "data" in args.only:
         results["data"] = bench_data(args.reps)
     Path(args.out + ".json").write_text(json.dumps(results, indent=2) + "\n")
