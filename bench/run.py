@@ -42,6 +42,18 @@ def median_minmax(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
+def interleaved(runners: dict, reps: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner over ``reps`` rounds, the runners taking turns within a round (a shared
+    machine's slow spells then fall on all of them alike)."""
+    times = {name: [] for name in runners}
+    for _ in range(reps):
+        for name, fn in runners.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 def matmul_peak(dtype, reps=10):
     """GFLOP/s of a 2048 x 2048 matrix product on this CPU (the estimator's own measurement)."""
     return matmul_rate("cpu", dtype, reps=reps) / 1e9
@@ -112,12 +124,7 @@ def bench_train(sizes, dtypes, reps, peaks):
             for fn in steps.values():  # warm-up
                 fn()
                 fn()
-            times = {name: [] for name in steps}
-            for _ in range(reps):  # interleaved
-                for name, fn in steps.items():
-                    t = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t)
+            times = interleaved(steps, reps)
             # The peak is the best matmul rate seen in the run: probed again beside every training measurement,
             # because other work on a shared machine can slow one probe (an MFU above 100% was the symptom).
             peaks[dtype] = max(peaks[dtype], matmul_peak(DTYPES[dtype], reps=5))
@@ -216,12 +223,7 @@ def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
                         same = torch.equal(runners["generate()"](), plain)
                     short = dict(kwargs, max_new_tokens=8, min_new_tokens=8)
                     ours.generate(prompt, **short), twin.generate(prompt, **short)  # warm-up
-                    times = {name: [] for name in runners}
-                    for _ in range(reps):
-                        for name, fn in runners.items():
-                            t = time.perf_counter()
-                            fn()
-                            times[name].append(time.perf_counter() - t)
+                    times = interleaved(runners, reps)
                 row = {"size": size, "dtype": dtype, "mode": mode, "batch": batch, "new_tokens": new_tokens,
                        "bandwidth_GBps": bw, "bound_tokens_per_s": bw * 1e9 / model_bytes * batch,
                        "greedy_identical_to_plain_generate": same}
@@ -233,7 +235,6 @@ def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
                       f"GPT2.generate {row['GPT2']['median']:.0f}, ratio {row['ratio']:.2f}x"
                       + ("" if same is None else f", greedy identical: {same}"), flush=True)
     return rows
-
 
 
 def bench_sampler(reps, calls=200):
@@ -256,21 +257,17 @@ def bench_sampler(reps, calls=200):
     for batch in (1, 4):
         logits = (torch.randn(batch, vocab) * 3).bfloat16().float()  # a bf16 model's logits: ties
         ids = torch.zeros(batch, 8, dtype=torch.long)
-        runners = {"decode_loop": lambda i=ids, x=logits: picker(i, x),
-                   "transformers": lambda i=ids, x=logits: torch.multinomial(torch.softmax(warpers(i, x), dim=-1), 1)}
-        times = {name: [] for name in runners}
-        for _ in range(reps):
-            for name, fn in runners.items():
-                t = time.perf_counter()
-                for _ in range(calls):
-                    fn()
-                times[name].append((time.perf_counter() - t) / calls * 1e3)
-        row = {"batch": batch, "vocab": vocab, **{name: median_minmax(ts) for name, ts in times.items()}}
+        steps = {"decode_loop": lambda i=ids, x=logits: picker(i, x),
+                 "transformers": lambda i=ids, x=logits: torch.multinomial(torch.softmax(warpers(i, x), dim=-1), 1)}
+        times = interleaved({name: lambda f=f: [f() for _ in range(calls)] for name, f in steps.items()}, reps)
+        row = {"batch": batch, "vocab": vocab, **{name: median_minmax([t / calls * 1e3 for t in ts])
+                                                  for name, ts in times.items()}}
         row["ratio"] = row["transformers"]["median"] / row["decode_loop"]["median"]
         rows.append(row)
         print(f"sampling step batch {batch}: decode_loop {row['decode_loop']['median']:.3f} ms, Transformers' warpers + "
               f"multinomial {row['transformers']['median']:.3f} ms ({row['ratio']:.1f}x)", flush=True)
     return rows
+
 
 def bench_data(reps):
     from bashgpt.data.collect import collect
