@@ -40,20 +40,14 @@ class TokenPicker:
     A trailing ``TopKLogitsWarper`` (and ``TopPLogitsWarper`` after it) becomes a draw among the top-k."""
 
     def __init__(self, logits_processor: LogitsProcessorList, do_sample: bool):
-        self.processors, self.top_k, self.top_p, self.do_sample = list(logits_processor), None, None, do_sample
-        if not do_sample:
-            return
-        if self.processors and type(self.processors[-1]) is TopPLogitsWarper:
-            self.top_p = self.processors.pop()
-        if self.processors and type(self.processors[-1]) is TopKLogitsWarper:
-            self.top_k = self.processors.pop()
-        elif self.top_p is not None:  # top-p without top-k: Transformers' warper over the whole vocabulary
-            self.processors.append(self.top_p)
-            self.top_p = None
-        inf = float("-inf")
-        if any(w is not None and w.filter_value != inf for w in (self.top_k, self.top_p)):
-            self.processors += [w for w in (self.top_k, self.top_p) if w is not None]
-            self.top_k = self.top_p = None
+        self.processors, self.do_sample = list(logits_processor), do_sample
+        self.top_k = self.top_p = None
+        kinds = [type(p) for p in self.processors[-2:]]
+        n = 2 if kinds == [TopKLogitsWarper, TopPLogitsWarper] else int(kinds[-1:] == [TopKLogitsWarper])
+        fused = self.processors[len(self.processors) - n:] if do_sample and n else []
+        if fused and all(w.filter_value == float("-inf") for w in fused):  # a warper's own filter value: as it is
+            del self.processors[-n:]
+            self.top_k, self.top_p = fused[0], (fused[1] if n == 2 else None)
 
     def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         scores = logits
