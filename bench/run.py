@@ -9,7 +9,8 @@ Sections:
           built with the same dimensions; model FLOPs utilisation against the measured peak
   profile where the tiny training step's time goes: each part (linears, attention, GELU, norms, the
           LM loss, embeddings, optimizer) timed alone at the step's shapes, against the whole step
-  decode  batch-1 greedy decode tokens/s vs GPT2LMHeadModel.generate, and vs the bandwidth bound
+  decode  generate() tokens/s (greedy and sampling, batch 1 and 4) vs GPT2LMHeadModel.generate and the
+          bandwidth bound; one sampling step; the packed-weight layouts for one row and for a batch
   data    collect + dedup throughput (this machine's scripts) and tokenising MB/s
 Machines are shared: compare ratios from one run, never absolute times from different runs.
 """
@@ -23,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -269,6 +271,50 @@ def bench_sampler(reps, calls=200):
     return rows
 
 
+def linears_once(weights, packed, xs):
+    """Each weight applied once to the input of its width: with F.linear, or from its packed copy."""
+    if packed is None:
+        return [torch.nn.functional.linear(xs[w.shape[1]], w) for w in weights]
+    return [torch.ops.mkldnn._linear_pointwise(xs[w.shape[1]], p, None, "none", [], "")
+            for w, p in zip(weights, packed, strict=True)]
+
+
+def bench_pack_layout(dtypes, reps, peaks, size="tiny"):
+    """All of a preset's linear layers once, at 1 and 4 rows (the one-token steps of batch 1 and 4): plain F.linear
+    against oneDNN-packed weights laid out for one row and for a batch (packed_linear.layout_rows picks between
+    them), with whether each gives F.linear's bits. Interleaved; milliseconds."""
+    from bashgpt.packed_linear import MAX_ROWS, _pack, layout_rows
+
+    rows_out = []
+    model = BashGPTForCausalLM(BashGPTConfig.from_preset(size))
+    shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    del model
+    for dtype in dtypes:
+        if bf16_emulated(dtype, peaks, f"pack layout {size}"):
+            continue
+        weights = [torch.randn(shape, dtype=DTYPES[dtype]) * 0.02 for shape in shapes]
+        layouts = {1: [_pack(w, 1) for w in weights], MAX_ROWS: [_pack(w, MAX_ROWS) for w in weights]}
+        if any(p is None for packed in layouts.values() for p in packed):
+            print(f"pack layout {size} {dtype}: oneDNN cannot pack this dtype on this CPU", flush=True)
+            continue
+        for rows in (1, 4):
+            xs = {n: torch.randn(rows, n, dtype=DTYPES[dtype]) for n in {s[1] for s in shapes}}
+            runs = {"plain": partial(linears_once, weights, None, xs)}
+            runs.update({layout: partial(linears_once, weights, packed, xs) for layout, packed in layouts.items()})
+            with torch.inference_mode():
+                plain = runs["plain"]()
+                same = {layout: all(torch.equal(a, b) for a, b in zip(runs[layout](), plain, strict=True)) for layout in layouts}
+                times = interleaved(runs, reps)
+            row = {"size": size, "dtype": dtype, "rows": rows, "chosen": layout_rows(DTYPES[dtype], rows),
+                   "bit_identical": {str(k): v for k, v in same.items()},
+                   **{str(name): median_minmax([t * 1e3 for t in ts]) for name, ts in times.items()}}
+            rows_out.append(row)
+            print(f"pack layout {size} {dtype} rows {rows}: plain {row['plain']['median']:.1f} ms, one-row layout "
+                  f"{row['1']['median']:.1f} ms, batch layout {row[str(MAX_ROWS)]['median']:.1f} ms; F.linear's bits: "
+                  f"{same[1]} / {same[MAX_ROWS]}; used: {'one-row' if row['chosen'] == 1 else 'batch'}", flush=True)
+    return rows_out
+
+
 def bench_data(reps):
     from bashgpt.data.collect import collect
     from bashgpt.data.tokenization import default_tokenizer_dir, encode_batch, load_tokenizer
@@ -352,6 +398,18 @@ def write_markdown(results, path):
             lines.append(f"| {r['batch']} | {r['decode_loop']['median']:.3f} | {r['transformers']['median']:.3f} | "
                          f"{r['ratio']:.1f}x |")
         lines.append("")
+    if results.get("pack_layout"):
+        lines += [f"All of the {results['pack_layout'][0]['size']} preset's linear layers once, milliseconds: plain "
+                  "`F.linear` against oneDNN-packed weights laid out for one row and for a batch "
+                  "(packed_linear.py; used: the one `generate()` takes). Bits: whether each layout gives `F.linear`'s.",
+                  "", "| dtype | rows | plain | one-row layout | batch layout | used | bits (one-row / batch) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in results["pack_layout"]:
+            bits = " / ".join("same" if v else "differ" for v in r["bit_identical"].values())
+            batch_key = [k for k in r["bit_identical"] if k != "1"][0]
+            lines.append(f"| {r['dtype']} | {r['rows']} | {r['plain']['median']:.1f} | {r['1']['median']:.1f} | "
+                         f"{r[batch_key]['median']:.1f} | {'one-row' if r['chosen'] == 1 else 'batch'} | {bits} |")
+        lines.append("")
     if results.get("data"):
         d = results["data"]
         lines += ["## Data", "", f"- collect + dedup of {d['sources']} ({d['files_seen']} files seen, {d['kept']} kept): "
@@ -389,6 +447,7 @@ def main():
     if "decode" in args.only:
         results["decode"] = bench_decode(args.sizes, args.dtypes, args.reps, peaks)
         results["sampler"] = bench_sampler(args.reps)
+        results["pack_layout"] = bench_pack_layout(args.dtypes, args.reps, peaks)
     if "data" in args.only:
         results["data"] = bench_data(args.reps)
     Path(args.out + ".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -383,6 +383,30 @@ def test_generate_on_packed_weights_gives_the_same_tokens(monkeypatch, dtype):
                        GenerationMixin.generate(model, ids, max_new_tokens=10, do_sample=False, pad_token_id=0))
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="packing needs oneDNN")
+def test_packed_layout_follows_the_decode_batch():
+    """fp32 weights are packed for one row at batch 1 and for a batch above it (bf16 keeps the one-row layout);
+    either layout computes what F.linear does, to float rounding, for every row count it serves."""
+    from bashgpt import packed_linear
+
+    assert [packed_linear.layout_rows(torch.float32, r) for r in (1, 2, 32)] == [1, 32, 32]
+    assert [packed_linear.layout_rows(torch.bfloat16, r) for r in (1, 2, 32)] == [1, 1, 1]
+    model = BashGPTForCausalLM(small_config(hidden_size=64, num_attention_heads=4, vocab_size=512)).eval()
+    if not packed_linear.packed_weights(model):
+        pytest.skip("fp32 is not packed on this CPU")
+    layouts = []
+    for batch in (1, 3):
+        model.generate(torch.randint(2, 512, (batch, 5)), max_new_tokens=3, do_sample=False, pad_token_id=0)
+        layouts.append(packed_linear._PACKED[model][0][0])
+    assert layouts == [1, packed_linear.MAX_ROWS]
+    head = model.lm_head
+    for rows in (1, 2, 7, packed_linear.MAX_ROWS):
+        x = torch.randn(rows, 64)
+        packed = packed_linear.packed_weights(model, rows)["lm_head"]
+        torch.testing.assert_close(packed_linear.packed_linear(x, packed, head.bias), torch.nn.functional.linear(
+            x, head.weight, head.bias), rtol=1e-5, atol=1e-5)
+
+
 def test_growing_cache_holds_what_dynamic_cache_holds():
     """GrowingCache writes into spare room instead of concatenating; after every update, crop, batch selection and
     reorder its keys/values equal DynamicCache's, and a step within the room allocates nothing new."""
