@@ -10,7 +10,7 @@ stream from memory. Where oneDNN reads a weight reordered into its blocked layou
   17.0 -> 9.8 ms on an AMD EPYC with AVX-512 (Zen 5). On Intel's AVX-512 CPUs MKL's own fp32 path is
   the faster one (16.0 against 20.5 ms for tiny's linears), so fp32 is not packed there.
 oneDNN lays a weight out for a given number of rows. fp32 gets the layout for one row at batch 1
-and the layout for a batch (``MAX_ROWS``) for more rows: on an AMD EPYC with AVX2, tiny's greedy
+and the layout for ``MAX_ROWS`` rows at larger batches: on an AMD EPYC with AVX2, tiny's greedy
 decoding runs 15% faster at batch 1 on the one-row layout and 25-40% faster at batch 2-4 on the
 batch layout. bf16 keeps the one-row layout, the one measured bit-identical.
 Inputs of more rows (a prompt's prefill) are compute-bound and run on the plain weights.
@@ -48,9 +48,9 @@ def worth_packing(dtype: torch.dtype) -> bool:
     return dtype != torch.float32 or not (intel_cpu() and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"))
 
 
-def layout_rows(dtype: torch.dtype, rows: int) -> int:
-    """The number of rows oneDNN lays a packed weight out for, for inputs of ``rows`` rows (see the header)."""
-    return MAX_ROWS if dtype == torch.float32 and rows > 1 else 1
+def layout_rows(dtype: torch.dtype, batch: int) -> int:
+    """The number of rows oneDNN lays a packed weight out for, for the one-token steps of a batch (see the header)."""
+    return MAX_ROWS if dtype == torch.float32 and batch > 1 else 1
 
 
 def _pack(weight: torch.Tensor, layout: int) -> torch.Tensor | None:
@@ -78,14 +78,15 @@ def can_pack(linears: dict[str, nn.Linear]) -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise") and worth_packing(weight.dtype))
 
 
-def packed_weights(model: nn.Module, rows: int = 1) -> dict[str, torch.Tensor]:
-    """``{name: packed weight}`` of the model's linear layers for inputs of ``rows`` rows; empty where packing does
-    not apply. The last set built is kept with the model (one layout at a time) until a weight changes."""
+def packed_weights(model: nn.Module, batch: int = 1) -> dict[str, torch.Tensor]:
+    """``{name: packed weight}`` of the model's linear layers for the one-token steps of a batch; empty where
+    packing does not apply. The last set built is kept with the model (one layout at a time) until a weight
+    changes, so alternating batch 1 and larger batches between calls packs again each time."""
     linears = _linears(model)
     if not can_pack(linears):
         return {}
     weights = [m.weight for m in linears.values()]
-    layout = layout_rows(weights[0].dtype, rows)
+    layout = layout_rows(weights[0].dtype, batch)
     key = (layout, tuple((id(w), w.data_ptr(), w.dtype, w._version) for w in weights))  # model.to(dtype) swaps .data
     cached = _PACKED.get(model)
     if cached is None or cached[0] != key:
@@ -98,8 +99,9 @@ def packed_weights(model: nn.Module, rows: int = 1) -> dict[str, torch.Tensor]:
 @contextmanager
 def linears_packed(model: nn.Module):
     """Within the block, every ``nn.Linear`` of ``model`` runs on a packed weight for inputs of at most
-    ``MAX_ROWS`` rows (CPU, no autograd, no autocast), packed at the first such input for its number of
-    rows; anywhere else, or where packing does not pay on this CPU (``worth_packing``), nothing changes."""
+    ``MAX_ROWS`` rows (CPU, no autograd, no autocast), packed at the first such input for its batch size,
+    so a short prompt's prefill and the steps after it share one layout; anywhere else, or where packing
+    does not pay on this CPU (``worth_packing``), nothing changes."""
     linears = _linears(model)
     if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or not can_pack(linears):
         yield
@@ -107,11 +109,11 @@ def linears_packed(model: nn.Module):
     layouts = {}  # layout -> packed weights, looked up once per block: the weights stay as they are within it
 
     def forward(module, name, x):
-        rows = x.numel() // x.shape[-1]
-        if rows <= MAX_ROWS:
-            layout = layout_rows(module.weight.dtype, rows)
+        if x.numel() <= MAX_ROWS * x.shape[-1]:
+            batch = x.shape[0] if x.dim() > 1 else 1  # (B, T, C): a prompt's prefill packs for its decode steps
+            layout = layout_rows(module.weight.dtype, batch)
             if layout not in layouts:
-                layouts[layout] = packed_weights(model, rows)
+                layouts[layout] = packed_weights(model, batch)
             packed = layouts[layout].get(name)
             if packed is not None:
                 return packed_linear(x, packed, module.bias)

@@ -385,8 +385,8 @@ def test_generate_on_packed_weights_gives_the_same_tokens(monkeypatch, dtype):
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="packing needs oneDNN")
 def test_packed_layout_follows_the_decode_batch():
-    """fp32 weights are packed for one row at batch 1 and for a batch above it (bf16 keeps the one-row layout);
-    either layout computes what F.linear does, to float rounding, for every row count it serves."""
+    """fp32 weights are packed for one row at batch 1 and for a batch above it (bf16 keeps the one-row layout),
+    once per call; either layout computes what F.linear does, to float rounding, for every row count it serves."""
     from bashgpt import packed_linear
 
     assert [packed_linear.layout_rows(torch.float32, r) for r in (1, 2, 32)] == [1, 32, 32]
@@ -394,11 +394,18 @@ def test_packed_layout_follows_the_decode_batch():
     model = BashGPTForCausalLM(small_config(hidden_size=64, num_attention_heads=4, vocab_size=512)).eval()
     if not packed_linear.packed_weights(model):
         pytest.skip("fp32 is not packed on this CPU")
-    layouts = []
-    for batch in (1, 3):
-        model.generate(torch.randint(2, 512, (batch, 5)), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    layouts, packs = [], []
+    real = packed_linear._pack
+    for batch in (1, 1, 3):
+        packs.append([])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(packed_linear, "_pack", lambda *a: packs[-1].append(a[1]) or real(*a))
+            model.generate(torch.randint(2, 512, (batch, 5)), max_new_tokens=3, do_sample=False, pad_token_id=0)
         layouts.append(packed_linear._PACKED[model][0][0])
-    assert layouts == [1, packed_linear.MAX_ROWS]
+    assert layouts == [1, 1, packed_linear.MAX_ROWS]
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    # a prompt's prefill packs for its steps, and a call like the last packs nothing new
+    assert packs[1:] == [[], [packed_linear.MAX_ROWS] * linears]
     head = model.lm_head
     for rows in (1, 2, 7, packed_linear.MAX_ROWS):
         x = torch.randn(rows, 64)
