@@ -374,6 +374,9 @@ def write_markdown(results, path):
         for p in r["parts"]:
             rate, of_peak = ("", "") if p["gflops"] is None else (f"{p['gflops']:.0f}", f"{p['of_peak']:.0%}")
             lines.append(f"| {p['part']} | {p['seconds'] * 1e3:.0f} | {p['share']:.0%} | {rate} | {of_peak} |")
+        if r["parts"][-1]["seconds"] < 0:
+            lines += ["", "The rest is below zero: the parts, timed after the whole step, ran slower than it did, so "
+                      "the machine's load changed during the run; read the shares as rough."]
         lines.append("")
     if results.get("decode"):
         lines += ["## Decoding (128 new tokens after a 32-token prompt; tokens/s over the whole batch)", "",
