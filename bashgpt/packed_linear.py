@@ -53,6 +53,12 @@ def layout_rows(dtype: torch.dtype, batch: int) -> int:
     return MAX_ROWS if dtype == torch.float32 and batch > 1 else 1
 
 
+@cache
+def packs_here(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can pack weights of this dtype on this CPU (bf16 needs AVX512-BF16 or AMX)."""
+    return _pack(torch.zeros(16, 16, dtype=dtype), 1) is not None
+
+
 def _pack(weight: torch.Tensor, layout: int) -> torch.Tensor | None:
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), layout)
@@ -75,7 +81,8 @@ def can_pack(linears: dict[str, nn.Linear]) -> bool:
     """Whether these linears (CPU, one dtype) may run on packed weights: oneDNN is there and packing pays."""
     weight = next(iter(linears.values())).weight if linears else None
     return (weight is not None and weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and worth_packing(weight.dtype))
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and worth_packing(weight.dtype)
+            and packs_here(weight.dtype))
 
 
 def packed_weights(model: nn.Module, batch: int = 1) -> dict[str, torch.Tensor]:

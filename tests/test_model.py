@@ -406,6 +406,14 @@ def test_packed_layout_follows_the_decode_batch():
     linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     # a prompt's prefill packs for its steps, and a call like the last packs nothing new
     assert packs[1:] == [[], [packed_linear.MAX_ROWS] * linears]
+    swapped = []  # during generate(), whether the head runs a swapped-in forward
+    model.lm_head.register_forward_pre_hook(lambda m, args: swapped.append("forward" in vars(m)))
+    model.generate(torch.randint(2, 512, (1, 5)), max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert swapped and all(swapped)
+    swapped.clear()
+    model.to(torch.bfloat16).generate(torch.randint(2, 512, (1, 5)), max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert swapped and all(swapped) == packed_linear.packs_here(torch.bfloat16)  # nothing to serve: left alone
+    model.float()
     head = model.lm_head
     for rows in (1, 2, 7, packed_linear.MAX_ROWS):
         x = torch.randn(rows, 64)
