@@ -272,11 +272,13 @@ def bench_sampler(reps, calls=200):
 
 
 def linears_once(weights, packed, xs):
-    """Each weight applied once to the input of its width: with F.linear, or from its packed copy."""
+    """Each weight applied once to the input of its width: with F.linear, or from its packed copy as generate()
+    applies it."""
+    from bashgpt.packed_linear import packed_linear
+
     if packed is None:
         return [torch.nn.functional.linear(xs[w.shape[1]], w) for w in weights]
-    return [torch.ops.mkldnn._linear_pointwise(xs[w.shape[1]], p, None, "none", [], "")
-            for w, p in zip(weights, packed, strict=True)]
+    return [packed_linear(xs[w.shape[1]], p, None) for w, p in zip(weights, packed, strict=True)]
 
 
 def bench_pack_layout(dtypes, reps, peaks, size="tiny"):
