@@ -67,10 +67,9 @@ def _pack(weight: torch.Tensor, layout: int) -> torch.Tensor | None:
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` computed from the packed weight (for at most ``MAX_ROWS`` rows)."""
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
-    return out.view(*x.shape[:-1], out.shape[-1])
+    """``F.linear(x, weight, bias)`` computed from the packed weight (for at most ``MAX_ROWS`` rows; any leading
+    dimensions, as ``F.linear``)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def _linears(model: nn.Module) -> dict[str, nn.Linear]:
