@@ -114,11 +114,12 @@ def linears_packed(model: nn.Module):
         yield
         return
     layouts = {}  # layout -> packed weights, looked up once per block: the weights stay as they are within it
+    dtype = next(iter(linears.values())).weight.dtype  # one dtype for all (can_pack read it from the same weight)
 
     def forward(module, name, x):
         if x.numel() <= MAX_ROWS * x.shape[-1]:
             batch = x.shape[0] if x.dim() > 1 else 1  # (B, T, C): a prompt's prefill packs for its decode steps
-            layout = layout_rows(module.weight.dtype, batch)
+            layout = layout_rows(dtype, batch)
             if layout not in layouts:
                 layouts[layout] = packed_weights(model, batch)
             packed = layouts[layout].get(name)
