@@ -24,17 +24,30 @@ PRESET_VOCAB_SIZE = 32000  # below 32,767: see the M1/M2 MPS matmul note in the 
 
 NORM_TYPES = ("layernorm", "rmsnorm")
 POSITION_EMBEDDING_TYPES = ("learned", "rope")
+# The kinds of `rope_parameters["rope_type"]` the rotary embedding computes, through Transformers' own RoPE
+# functions (`transformers.modeling_rope_utils`); "proportional" and the axial kinds are other architectures.
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
 class BashGPTConfig(PreTrainedConfig):
     """A GPT-2-style decoder: pre-norm blocks, GELU (tanh) MLP, untied LM head.
 
     Two switches change the architecture (and the meaning of the weights):
-    ``norm_type`` (layernorm | rmsnorm) and ``position_embedding_type`` (learned | rope).
+    ``norm_type`` (layernorm | rmsnorm) and ``position_embedding_type`` (learned | rope). A rope model reads
+    ``rope_parameters`` as Transformers' models do (``{"rope_type": "linear", "factor": 4.0, "rope_theta": ...}``);
+    a ``rope_theta`` of an older ``config.json`` is moved into it.
     """
 
     model_type = "bashgpt"
-    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the KV cache, named as in 5.24+ and before
+    keys_to_ignore_at_inference = ["cache"]
+    # Tensor parallelism (`from_pretrained(..., tp_plan="auto")`): q/k/v and the MLP's first layer split by output
+    # columns, the projections back into the residual stream by input rows; weights named as in BashGPTModel.
+    base_model_tp_plan = {
+        "h.*.attn.c_attn": "colwise",
+        "h.*.attn.c_proj": "rowwise",
+        "h.*.mlp.c_fc": "colwise",
+        "h.*.mlp.c_proj": "rowwise",
+    }
 
     vocab_size: int = PRESET_VOCAB_SIZE
     hidden_size: int = 768
@@ -45,7 +58,7 @@ class BashGPTConfig(PreTrainedConfig):
     hidden_act: str = "gelu_pytorch_tanh"
     norm_type: str = "layernorm"
     position_embedding_type: str = "learned"
-    rope_theta: float = 10000.0
+    rope_parameters: dict | None = None  # rope only; default {"rope_type": "default", "rope_theta": 10000.0}
     layer_norm_epsilon: float = 1e-5
     embd_pdrop: float = 0.0
     resid_pdrop: float = 0.0
@@ -61,8 +74,8 @@ class BashGPTConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
+        super().__post_init__(**kwargs)  # standardises rope_parameters (and moves an old rope_theta into them)
         self.validate_architecture()
-        super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Raise one clear ValueError naming the bad value and the allowed choices."""
@@ -84,6 +97,13 @@ class BashGPTConfig(PreTrainedConfig):
             )
         if self.position_embedding_type == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head size, got {self.head_dim}; change hidden_size or num_attention_heads")
+        rope_type = (self.rope_parameters or {}).get("rope_type", "default")
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_parameters rope_type={rope_type!r} is not supported; choose one of {', '.join(ROPE_TYPES)}")
+        if rope_type != "default" and self.position_embedding_type != "rope":
+            raise ValueError(f"rope_parameters rope_type={rope_type!r} needs position_embedding_type='rope', "
+                             f"not {self.position_embedding_type!r}")
+        self.validate_rope()  # Transformers' own checks of each kind's fields (factor, beta_fast, ...)
 
     @property
     def head_dim(self) -> int:
@@ -109,4 +129,4 @@ class BashGPTConfig(PreTrainedConfig):
         return cls(**fields)
 
 
-__all__ = ["BashGPTConfig", "PRESETS", "NORM_TYPES", "POSITION_EMBEDDING_TYPES"]
+__all__ = ["BashGPTConfig", "PRESETS", "NORM_TYPES", "POSITION_EMBEDDING_TYPES", "ROPE_TYPES"]

@@ -4,13 +4,17 @@ Read top to bottom: norms -> rotary embedding -> MLP -> attention -> block -> ba
 model -> causal-LM head. Weight names follow GPT-2 (``transformer.wte``, ``h.N.attn.c_attn``,
 ``mlp.c_fc`` ...), so the default architecture maps one to one onto ``GPT2LMHeadModel``.
 
+A stock Transformers causal LM: ``generate``, ``pipeline``, caches, hidden states and attentions, RoPE
+scaling and tensor parallelism are Transformers' own, reached through the documented hooks (the attention
+interface, ``create_causal_mask``, ``capture_outputs`` / ``can_return_tuple``, the RoPE functions, the
+``_supports_*`` / ``_can_record_outputs`` class flags, ``_init_weights``). bashgpt's faster CPU decoding is
+not here: it lives in ``bashgpt.inference.engine`` and is asked for per call (``generate(custom_generate=...)``).
+
 This file is copied beside the weights by ``save_pretrained`` so that a folder loads with
-``trust_remote_code=True`` where bashgpt is not installed: it imports only torch,
-transformers and its siblings (configuration, fused loss, packed linears, KV cache, decode loop;
-single-level relative imports).
+``trust_remote_code=True`` where bashgpt is not installed: it imports only torch, transformers
+and its siblings (configuration, fused loss, chunked attention; single-level relative imports).
 """
 
-import inspect
 from collections.abc import Callable
 
 import torch
@@ -22,28 +26,16 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_causal_mask, sdpa_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.output_capturing import capture_outputs
 
 from .chunked_attention import NAME as CHUNKED_ATTENTION
 from .chunked_attention import chunked_attention_forward
 from .configuration_bashgpt import BashGPTConfig
-from .decode_loop import applies as decode_loop_applies
-from .decode_loop import decode
 from .fused_loss import chunked_causal_lm_loss
-from .kv_cache import GrowingCache
-from .packed_linear import linears_packed
-
-# Transformers 5.24 renamed the KV cache from `past_key_values` to `cache`: the forward argument that
-# `generate()` passes, the field of the model outputs and the keyword of `create_causal_mask`. This
-# file runs under whichever release of our range (5.23 and newer) the user has, so it takes
-# the cache under either name and speaks to the library in the names the installed release declares.
-CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
-_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
-
-
-def output_cache(outputs) -> Cache | None:
-    """The KV cache a model output carries, whatever the installed Transformers calls the field."""
-    return getattr(outputs, CACHE_FIELD)
 
 
 def make_norm(config: BashGPTConfig) -> nn.Module:
@@ -54,23 +46,34 @@ def make_norm(config: BashGPTConfig) -> nn.Module:
 
 
 class BashGPTRotaryEmbedding(nn.Module):
-    """cos/sin tables of rotary position embeddings, computed from position ids."""
+    """cos/sin tables of rotary position embeddings from position ids, for any ``rope_parameters["rope_type"]``
+    Transformers' RoPE functions compute (default, linear, dynamic, yarn, longrope, llama3)."""
 
     def __init__(self, config: BashGPTConfig):
         super().__init__()
         self.config = config
-        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters["rope_type"]
+        init_fn: Callable = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = init_fn(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
     @staticmethod
-    def compute_inv_freq(config: BashGPTConfig) -> torch.Tensor:
+    def compute_default_rope_parameters(config: BashGPTConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """Plain RoPE: inverse frequencies theta^(-2i/D), no attention scaling."""
         dim = config.head_dim
-        return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        steps = torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim
+        return 1.0 / (config.rope_parameters["rope_theta"] ** steps), 1.0
 
     @torch.no_grad()
+    @dynamic_rope_update  # dynamic and longrope recompute inv_freq from the positions they see
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +101,8 @@ class BashGPTMLP(nn.Module):
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain softmax attention; q, k, v are (B, H, T, D), the mask is additive. Returns (B, T, H, D)."""
+    """Plain softmax attention; q, k, v are (B, H, T, D), the mask is additive. Returns (B, T, H, D) and the
+    attention weights (B, H, T, S)."""
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
@@ -184,7 +188,7 @@ class BashGPTBlock(GradientCheckpointingLayer):
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        attn_output, _ = self.attn(
+        attn_output, _ = self.attn(  # the weights are recorded from the attention module (_can_record_outputs)
             self.ln_1(hidden_states),
             attention_mask=attention_mask,
             cache=cache,
@@ -200,16 +204,19 @@ class BashGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["BashGPTBlock"]
-    _skip_keys_device_placement = ["cache", "past_key_values"]  # both names of the KV cache
+    _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # output_hidden_states / output_attentions: what Transformers records from these modules' outputs
+    _can_record_outputs = {"hidden_states": BashGPTBlock, "attentions": BashGPTAttention}
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # Base: normal(0, initializer_range) for Linear/Embedding, ones/zeros for norms.
+        # Base: normal(0, initializer_range) for Linear/Embedding, ones/zeros for norms, and the rotary
+        # embedding's non-persistent inv_freq buffers recomputed (they come back empty from the meta device).
         super()._init_weights(module)
         if isinstance(module, nn.RMSNorm):
             init.ones_(module.weight)
@@ -219,9 +226,6 @@ class BashGPTPreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Linear) and getattr(module, "_is_residual_proj", False):
             std = self.config.initializer_range / (2 * self.config.num_hidden_layers) ** 0.5
             init.normal_(module.weight, mean=0.0, std=std)
-        # Non-persistent buffers come back as garbage from the meta device: recompute.
-        if isinstance(module, BashGPTRotaryEmbedding):
-            init.copy_(module.inv_freq, BashGPTRotaryEmbedding.compute_inv_freq(module.config))
 
 
 class BashGPTModel(BashGPTPreTrainedModel):
@@ -246,6 +250,8 @@ class BashGPTModel(BashGPTPreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.wte = new_embeddings
 
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -254,20 +260,19 @@ class BashGPTModel(BashGPTPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """``cache`` is the KV cache (``past_key_values``, its name before Transformers 5.24, is accepted too)."""
+        """``use_cache`` defaults to ``config.use_cache`` in evaluation mode and to no cache in training."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        cache = past_key_values if cache is None else cache
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             use_cache, cache = False, None  # a recomputed block would write its keys/values twice
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)  # (B, T, C)
         if use_cache and cache is None:
-            cache = GrowingCache(self.config)
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
             past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0) + past_seen
@@ -276,8 +281,8 @@ class BashGPTModel(BashGPTPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
+            cache=cache,
             position_ids=position_ids,
-            **{_MASK_CACHE_ARG: cache},
         )
 
         position_embeddings = None
@@ -301,13 +306,15 @@ class BashGPTModel(BashGPTPreTrainedModel):
                 position_embeddings=position_embeddings,
                 **kwargs,
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(hidden_states), **{CACHE_FIELD: cache})
+        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(hidden_states), cache=cache)
 
 
 class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
     """BashGPT with its (untied) language-modelling head."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}  # used only if tie_word_embeddings
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: BashGPTConfig):
         super().__init__(config)
@@ -315,6 +322,8 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -326,67 +335,41 @@ class BashGPTForCausalLM(BashGPTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         fused_lm_loss: bool | None = None,
-        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """``labels`` are the input ids (shifted inside the loss); -100 marks positions that never count.
 
-        ``cache`` is the KV cache (``past_key_values`` is its name before Transformers 5.24; either works).
         With ``fused_lm_loss`` (this call's choice, else ``config.fused_lm_loss``; bashgpt's trainer asks
         for it per call), training with ``labels`` runs the LM head and the loss fused in chunks and
         returns ``logits=None`` (see fused_loss.py).
         """
-        outputs = self.transformer(
+        outputs: BaseModelOutputWithPast = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            return_dict=True,  # this forward makes the tuple, if one is asked for (can_return_tuple)
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        returned_cache = {CACHE_FIELD: output_cache(outputs)}
         fused = self.config.fused_lm_loss if fused_lm_loss is None else fused_lm_loss
         fused = fused and self.training and torch.is_grad_enabled() and logits_to_keep == 0
+        logits = loss = None
         if labels is not None and fused:
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
-            return CausalLMOutputWithPast(loss=loss, logits=None, **returned_cache)
-        logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (B, T, V)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **returned_cache)
-
-    @torch.no_grad()
-    def generate(self, *args, **kwargs):
-        """``GenerationMixin.generate`` with three changes that leave greedy tokens as they were: on CPU the
-        linear layers of one-token steps run on oneDNN-packed copies of their weights
-        (packed_linear.py), which stream faster; the default KV cache grows in place instead of
-        being copied at every token (kv_cache.py); greedy search and sampling run a lean loop
-        (``_sample``, decode_loop.py). ``pipeline("text-generation")`` calls this too."""
-        with linears_packed(self):
-            return super().generate(*args, **kwargs)
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        """Where ``generate`` builds its default ``DynamicCache``, use a ``GrowingCache`` (same values, no
-        per-token copy); a cache the caller passed, or another ``cache_implementation``, stays."""
-        given = model_kwargs.get(CACHE_FIELD)  # generate's name for the cache is the output field's
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        if given is None and type(model_kwargs.get(CACHE_FIELD)) is DynamicCache:
-            model_kwargs[CACHE_FIELD] = GrowingCache(self.config)
-
-    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
-                streamer=None, **model_kwargs):
-        """Greedy search and sampling, the decoding ``generate`` picks for ``num_beams=1``: the lean loop of
-        decode_loop.py where it applies (same greedy tokens, top-k sampling among the k candidates),
-        Transformers' own loop otherwise (returned scores, static caches, ...)."""
-        if not decode_loop_applies(generation_config, synced_gpus, model_kwargs, model_kwargs.get(CACHE_FIELD)):
-            return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config,
-                                   synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
-        return decode(self, input_ids, logits_processor, stopping_criteria, generation_config, streamer,
-                      model_kwargs, CACHE_FIELD)
+        else:
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (B, T, V)
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
-__all__ = ["BashGPTPreTrainedModel", "BashGPTModel", "BashGPTForCausalLM", "output_cache"]
+__all__ = ["BashGPTPreTrainedModel", "BashGPTModel", "BashGPTForCausalLM"]

@@ -195,10 +195,11 @@ def cpu_description() -> str:
 
 
 def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
-    """model.generate() (what pipeline calls) against GPT2LMHeadModel.generate at the same dimensions, greedy and
-    sampling, batch 1 and 4. Greedy tokens are checked against
-    Transformers' own decoding loop on the plain weights (GenerationMixin.generate, return_dict_in_generate)."""
-    from transformers import GenerationMixin
+    """bashgpt's decode engine (engine.generate, packed weights held across the calls as the CLI holds them) and the
+    stock model.generate (what pipeline calls) against GPT2LMHeadModel.generate at the same dimensions, greedy and
+    sampling, batch 1 and 4. The engine's greedy tokens are checked against stock generate's."""
+    from bashgpt.inference import engine
+    from bashgpt.inference.packed_linear import linears_packed
 
     rows = []
     for size in sizes:
@@ -215,32 +216,34 @@ def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
                 prompt = torch.randint(2, cfg.vocab_size, (batch, prompt_len))
                 kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
                               do_sample=mode == "sample", **({"temperature": 0.8, "top_k": 50, "top_p": 0.95} if mode == "sample" else {}))
-                runners = {"generate()": lambda m=ours, p=prompt, k=kwargs: m.generate(p, **k),
+                runners = {"engine": lambda m=ours, p=prompt, k=kwargs: engine.generate(m, p, **k),
+                           "generate()": lambda m=ours, p=prompt, k=kwargs: m.generate(p, **k),
                            "GPT2": lambda m=twin, p=prompt, k=kwargs: m.generate(p, **k)}
-                with torch.inference_mode():
+                with torch.inference_mode(), linears_packed(ours):
                     same = None
                     if mode == "greedy":
-                        # Transformers' own loop (returned scores make ours step aside), on the plain weights
-                        plain = GenerationMixin.generate(ours, prompt, return_dict_in_generate=True, **kwargs).sequences
-                        same = torch.equal(runners["generate()"](), plain)
+                        same = torch.equal(runners["engine"](), runners["generate()"]())
                     short = dict(kwargs, max_new_tokens=8, min_new_tokens=8)
-                    ours.generate(prompt, **short), twin.generate(prompt, **short)  # warm-up
+                    for run in runners.values():  # warm-up (the engine's weights are packed here, once)
+                        run(k=short)
                     times = interleaved(runners, reps)
                 row = {"size": size, "dtype": dtype, "mode": mode, "batch": batch, "new_tokens": new_tokens,
                        "bandwidth_GBps": bw, "bound_tokens_per_s": bw * 1e9 / model_bytes * batch,
                        "greedy_identical_to_plain_generate": same}
                 for name, ts in times.items():
                     row[name] = median_minmax([batch * new_tokens / t for t in ts])
-                row["ratio"] = row["generate()"]["median"] / row["GPT2"]["median"]
+                row["ratio"] = row["engine"]["median"] / row["GPT2"]["median"]
+                row["stock_ratio"] = row["generate()"]["median"] / row["GPT2"]["median"]
                 rows.append(row)
-                print(f"decode {size} {dtype} {mode} batch {batch}: generate() {row['generate()']['median']:.0f} tok/s, "
-                      f"GPT2.generate {row['GPT2']['median']:.0f}, ratio {row['ratio']:.2f}x"
+                print(f"decode {size} {dtype} {mode} batch {batch}: engine {row['engine']['median']:.0f} tok/s, "
+                      f"generate() {row['generate()']['median']:.0f}, GPT2.generate {row['GPT2']['median']:.0f}; "
+                      f"engine {row['ratio']:.2f}x, stock {row['stock_ratio']:.2f}x"
                       + ("" if same is None else f", greedy identical: {same}"), flush=True)
     return rows
 
 
 def bench_sampler(reps, calls=200):
-    """One sampling step on fp32 logits (temperature 0.8, top-k 50, top-p 0.95, the draw): decode_loop's picker
+    """One sampling step on fp32 logits (temperature 0.8, top-k 50, top-p 0.95, the draw): the engine's picker
     against Transformers' warpers followed by softmax and torch.multinomial over the whole vocabulary, as its
     _sample does. Interleaved; milliseconds per step."""
     from transformers.generation.logits_process import (
@@ -250,7 +253,7 @@ def bench_sampler(reps, calls=200):
         TopPLogitsWarper,
     )
 
-    from bashgpt.decode_loop import TokenPicker
+    from bashgpt.inference.engine import TokenPicker
 
     warpers = LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(50), TopPLogitsWarper(0.95)])
     picker = TokenPicker(warpers, do_sample=True)
@@ -259,14 +262,14 @@ def bench_sampler(reps, calls=200):
     for batch in (1, 4):
         logits = (torch.randn(batch, vocab) * 3).bfloat16().float()  # a bf16 model's logits: ties
         ids = torch.zeros(batch, 8, dtype=torch.long)
-        steps = {"decode_loop": lambda i=ids, x=logits: picker(i, x),
+        steps = {"engine": lambda i=ids, x=logits: picker(i, x),
                  "transformers": lambda i=ids, x=logits: torch.multinomial(torch.softmax(warpers(i, x), dim=-1), 1)}
         times = interleaved({name: lambda f=f: [f() for _ in range(calls)] for name, f in steps.items()}, reps)
         row = {"batch": batch, "vocab": vocab, **{name: median_minmax([t / calls * 1e3 for t in ts])
                                                   for name, ts in times.items()}}
-        row["ratio"] = row["transformers"]["median"] / row["decode_loop"]["median"]
+        row["ratio"] = row["transformers"]["median"] / row["engine"]["median"]
         rows.append(row)
-        print(f"sampling step batch {batch}: decode_loop {row['decode_loop']['median']:.3f} ms, Transformers' warpers + "
+        print(f"sampling step batch {batch}: engine {row['engine']['median']:.3f} ms, Transformers' warpers + "
               f"multinomial {row['transformers']['median']:.3f} ms ({row['ratio']:.1f}x)", flush=True)
     return rows
 
@@ -274,7 +277,7 @@ def bench_sampler(reps, calls=200):
 def linears_once(weights, packed, xs):
     """Each weight applied once to the input of its width: with F.linear, or from its packed copy as generate()
     applies it."""
-    from bashgpt.packed_linear import packed_linear
+    from bashgpt.inference.packed_linear import packed_linear
 
     if packed is None:
         return [torch.nn.functional.linear(xs[w.shape[1]], w) for w in weights]
@@ -285,7 +288,7 @@ def bench_pack_layout(dtypes, reps, peaks, size="tiny"):
     """All of a preset's linear layers once, at 1 and 4 rows (the one-token steps of batch 1 and 4): plain F.linear
     against oneDNN-packed weights laid out for one row and for a batch (packed_linear.layout_rows picks between
     them), with whether each gives F.linear's bits. Interleaved; milliseconds."""
-    from bashgpt.packed_linear import MAX_ROWS, _pack, layout_rows
+    from bashgpt.inference.packed_linear import MAX_ROWS, layout_rows, pack
 
     rows_out = []
     model = BashGPTForCausalLM(BashGPTConfig.from_preset(size))
@@ -295,7 +298,7 @@ def bench_pack_layout(dtypes, reps, peaks, size="tiny"):
         if bf16_emulated(dtype, peaks, f"pack layout {size}"):
             continue
         weights = [torch.randn(shape, dtype=DTYPES[dtype]) * 0.02 for shape in shapes]
-        layouts = {1: [_pack(w, 1) for w in weights], MAX_ROWS: [_pack(w, MAX_ROWS) for w in weights]}
+        layouts = {1: [pack(w, 1) for w in weights], MAX_ROWS: [pack(w, MAX_ROWS) for w in weights]}
         if any(p is None for packed in layouts.values() for p in packed):
             print(f"pack layout {size} {dtype}: oneDNN cannot pack this dtype on this CPU", flush=True)
             continue
@@ -382,31 +385,32 @@ def write_markdown(results, path):
         lines.append("")
     if results.get("decode"):
         lines += ["## Decoding (128 new tokens after a 32-token prompt; tokens/s over the whole batch)", "",
-                  "`generate()` is `BashGPTForCausalLM.generate`, what `pipeline` and `bashgpt generate` call. "
-                  "Identical: greedy tokens equal Transformers' own decoding loop on the plain weights. Sampling: "
-                  "temperature 0.8, top-k 50, top-p 0.95.", "",
-                  "| size | dtype | mode | batch | generate() tok/s | GPT2LMHeadModel.generate | ratio | "
-                  "identical | bandwidth bound |", "|---|---|---|---|---|---|---|---|---|"]
+                  "engine: bashgpt's decode engine (`bashgpt.inference.engine`, what `bashgpt generate` and `eval` use), "
+                  "on packed weights held across calls. `generate()`: the stock `model.generate`, what `pipeline` "
+                  "calls. Identical: the engine's greedy tokens equal stock `generate()`'s. Sampling: temperature "
+                  "0.8, top-k 50, top-p 0.95.", "",
+                  "| size | dtype | mode | batch | engine tok/s | generate() | GPT2LMHeadModel.generate | engine / GPT2 | "
+                  "generate() / GPT2 | identical | bandwidth bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in results["decode"]:
             same = {None: "", True: "yes", False: "**no**"}[r["greedy_identical_to_plain_generate"]]
-            lines.append(f"| {r['size']} | {r['dtype']} | {r['mode']} | {r['batch']} | {r['generate()']['median']:.0f} "
-                         f"[{r['generate()']['min']:.0f}-{r['generate()']['max']:.0f}] | {r['GPT2']['median']:.0f} | "
-                         f"{r['ratio']:.2f}x | {same} | {r['bound_tokens_per_s']:.0f} tok/s at "
-                         f"{r['bandwidth_GBps']:.0f} GB/s |")
+            lines.append(f"| {r['size']} | {r['dtype']} | {r['mode']} | {r['batch']} | {r['engine']['median']:.0f} "
+                         f"[{r['engine']['min']:.0f}-{r['engine']['max']:.0f}] | {r['generate()']['median']:.0f} | "
+                         f"{r['GPT2']['median']:.0f} | {r['ratio']:.2f}x | {r['stock_ratio']:.2f}x | {same} | "
+                         f"{r['bound_tokens_per_s']:.0f} tok/s at {r['bandwidth_GBps']:.0f} GB/s |")
         lines.append("")
     if results.get("sampler"):
         lines += [f"One sampling step on {results['sampler'][0]['vocab']}-wide fp32 logits (temperature 0.8, top-k 50, "
-                  "top-p 0.95, the draw), milliseconds: generate()'s picker (decode_loop.py) against Transformers' "
+                  "top-p 0.95, the draw), milliseconds: the engine's picker (engine.py) against Transformers' "
                   "warpers, softmax and `torch.multinomial` over the whole vocabulary.", "",
-                  "| batch | decode_loop | Transformers | ratio |", "|---|---|---|---|"]
+                  "| batch | engine | Transformers | ratio |", "|---|---|---|---|"]
         for r in results["sampler"]:
-            lines.append(f"| {r['batch']} | {r['decode_loop']['median']:.3f} | {r['transformers']['median']:.3f} | "
+            lines.append(f"| {r['batch']} | {r['engine']['median']:.3f} | {r['transformers']['median']:.3f} | "
                          f"{r['ratio']:.1f}x |")
         lines.append("")
     if results.get("pack_layout"):
         lines += [f"All of the {results['pack_layout'][0]['size']} preset's linear layers once, milliseconds: plain "
                   "`F.linear` against oneDNN-packed weights laid out for one row and for a batch "
-                  "(packed_linear.py; used: the one `generate()` takes). Bits: whether each layout gives `F.linear`'s.",
+                  "(packed_linear.py; used: the one the engine takes). Bits: whether each layout gives `F.linear`'s.",
                   "", "| dtype | rows | plain | one-row layout | batch layout | used | bits (one-row / batch) |",
                   "|---|---|---|---|---|---|---|"]
         for r in results["pack_layout"]:

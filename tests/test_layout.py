@@ -8,8 +8,13 @@ import pytest
 import bashgpt
 
 PACKAGE = Path(bashgpt.__file__).resolve().parent
-MODEL_FILES = {"configuration_bashgpt", "modeling_bashgpt", "fused_loss", "packed_linear", "chunked_attention",
-               "kv_cache", "decode_loop"}
+MODEL_FILES = {"configuration_bashgpt", "modeling_bashgpt", "fused_loss", "chunked_attention"}
+# Underscored names the model files may define or read: Transformers' documented override points and class flags,
+# the attention interface's dispatch on config._attn_implementation (as every Transformers model), and our own flag.
+MODEL_CONTRACT = {"_init_weights", "_tied_weights_keys", "_no_split_modules", "_skip_keys_device_placement",
+                  "_supports_sdpa", "_supports_flash_attn", "_supports_flex_attn", "_supports_attention_backend",
+                  "_can_compile_fullgraph", "_can_record_outputs", "_tp_plan", "_pp_plan", "_attn_implementation",
+                  "_is_residual_proj"}
 
 
 def module_imports() -> dict[str, set[str]]:
@@ -77,6 +82,31 @@ def test_model_files_import_only_each_other():
     graph = module_imports()
     for name in MODEL_FILES:
         assert graph[f"bashgpt.{name}"] <= {f"bashgpt.{m}" for m in MODEL_FILES}, name
+
+
+def private_names(source: str) -> set[str]:
+    """Underscored attributes read or set, and underscored methods defined in classes (overrides), in ``source``."""
+    tree = ast.parse(source)
+    names = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
+        names |= {item.name for item in cls.body if isinstance(item, ast.FunctionDef)}
+        names |= {t.id for item in cls.body if isinstance(item, ast.Assign) for t in item.targets
+                  if isinstance(t, ast.Name)}
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def test_private_name_finder_finds_overrides_and_reads():
+    source = "class M(X):\n    _flag = 1\n    def _sample(self):\n        return self.config._pad_token_tensor\n"
+    assert private_names(source) == {"_flag", "_sample", "_pad_token_tensor"}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_FILES))
+def test_model_files_use_only_public_apis(name):
+    """The files copied beside the weights override and read nothing private of Transformers or torch (they run
+    under whatever release a user has), and call no torch.ops."""
+    source = (PACKAGE / f"{name}.py").read_text()
+    assert private_names(source) <= MODEL_CONTRACT, private_names(source) - MODEL_CONTRACT
+    assert "torch.ops" not in source
 
 
 def test_every_subpackage_is_packaged():

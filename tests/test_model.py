@@ -10,10 +10,9 @@ import pytest
 import torch
 from conftest import VARIANTS, small_config
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, pipeline
+from transformers import AutoModelForCausalLM, DynamicCache, pipeline
 
 from bashgpt import PRESETS, BashGPTConfig, BashGPTForCausalLM
-from bashgpt.modeling_bashgpt import output_cache
 
 GUIDE_PARAMS = {"tiny": 137e6, "medium": 371e6, "large": 1092e6, "xlarge": 1509e6}
 
@@ -141,17 +140,19 @@ def test_left_padded_row_generates_like_the_unpadded_prompt(norm, pos):
     assert torch.equal(batch[1, 9:], alone[0, 5:])
 
 
-@pytest.mark.parametrize("name", ["cache", "past_key_values"])  # Transformers >= 5.24 / older releases
-def test_incremental_decoding_matches_full_forward(name):
+def test_incremental_decoding_matches_full_forward():
     model = BashGPTForCausalLM(small_config(position_embedding_type="rope")).eval()
     ids = torch.randint(0, 96, (1, 10))
     with torch.no_grad():
         full = model(ids).logits[:, -1]
         out = model(ids[:, :7], use_cache=True)
-        cache = output_cache(out)
+        cache = out.cache
+        assert type(cache) is DynamicCache  # Transformers' own cache by default
         for t in range(7, 10):
-            out = model(ids[:, t : t + 1], use_cache=True, **{name: cache})
-            assert output_cache(out) is cache and cache.get_seq_length() == t + 1
+            out = model(ids[:, t : t + 1], use_cache=True, cache=cache)
+            assert out.cache is cache and cache.get_seq_length() == t + 1
+        with pytest.warns(FutureWarning, match="past_key_values"):  # the old name still works, with Transformers' notice
+            assert model(ids[:, :1], past_key_values=DynamicCache(config=model.config)).cache.get_seq_length() == 1
     torch.testing.assert_close(out.logits[:, -1], full, atol=1e-5, rtol=0)
 
 
@@ -182,7 +183,8 @@ def test_save_and_load_is_bit_exact(tmp_path, norm, pos):
     model.save_pretrained(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert {"config.json", "model.safetensors", "configuration_bashgpt.py", "modeling_bashgpt.py", "fused_loss.py",
-            "packed_linear.py", "chunked_attention.py", "kv_cache.py", "decode_loop.py"} <= set(names)  # the model's code, for trust_remote_code
+            "chunked_attention.py"} <= set(names)  # the model's code, for trust_remote_code
+    assert not {"packed_linear.py", "engine.py"} & set(names)  # the decode engine is bashgpt's, not the model's
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_bashgpt.BashGPTForCausalLM"
@@ -238,7 +240,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     except ImportError:
         pass
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM, pipeline
+    from transformers import AutoModelForCausalLM, DynamicCache, pipeline
     model_dir, ids_file, out_file = sys.argv[1:4]
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
@@ -342,151 +344,3 @@ def test_fused_loss_is_the_same_for_any_chunk_and_group_size(dtype):
         torch.testing.assert_close(loss, reference, **tol)
         torch.testing.assert_close(gh, ref_gh, **tol)
         torch.testing.assert_close(gw, ref_gw, **tol)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_generate_on_packed_weights_gives_the_same_tokens(monkeypatch, dtype):
-    """generate() runs the linears on oneDNN-packed weights where the CPU can pack this dtype; greedy tokens,
-    seeded samples and left-padded batches stay what plain GenerationMixin.generate gives."""
-    from transformers import GenerationMixin
-
-    from bashgpt import packed_linear
-
-    model = BashGPTForCausalLM(small_config(hidden_size=64, num_attention_heads=4, vocab_size=512,
-                                            max_position_embeddings=128)).eval().to(dtype)
-    calls = []
-    real = packed_linear.packed_linear
-    monkeypatch.setattr(packed_linear, "packed_linear", lambda *a: calls.append(1) or real(*a))
-    can_pack = bool(packed_linear.packed_weights(model))
-    if dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        assert can_pack == packed_linear.worth_packing(dtype)  # fp32 is packed except on Intel with AVX-512
-    ids = torch.randint(2, 512, (1, 12))
-    padded, mask = _left_padded_batch()
-    cases = [dict(input_ids=ids, do_sample=False), dict(input_ids=padded, attention_mask=mask, do_sample=False),
-             dict(input_ids=ids, do_sample=True, temperature=0.8, top_p=0.95)]
-    for kwargs in cases:
-        kwargs.update(max_new_tokens=40, pad_token_id=0)
-        torch.manual_seed(3)
-        plain = GenerationMixin.generate(model, **kwargs)
-        torch.manual_seed(3)
-        assert torch.equal(model.generate(**kwargs), plain), kwargs
-    assert bool(calls) == can_pack
-    assert not any("forward" in vars(m) for m in model.modules())  # the plain forwards are back
-
-    with torch.no_grad():  # a changed weight is re-packed, not served stale
-        model.lm_head.weight.mul_(-1)
-    assert torch.equal(model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0),
-                       GenerationMixin.generate(model, ids, max_new_tokens=10, do_sample=False, pad_token_id=0))
-    other = torch.bfloat16 if dtype == torch.float32 else torch.float32
-    model.to(other)  # so is a model converted in place (.to swaps each weight's data, same Parameter)
-    assert torch.equal(model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0),
-                       GenerationMixin.generate(model, ids, max_new_tokens=10, do_sample=False, pad_token_id=0))
-
-
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="packing needs oneDNN")
-def test_packed_layout_follows_the_decode_batch():
-    """fp32 weights are packed for one row at batch 1 and for a batch above it (bf16 keeps the one-row layout),
-    once per call; either layout computes what F.linear does, to float rounding, for every row count it serves."""
-    from bashgpt import packed_linear
-
-    assert [packed_linear.layout_rows(torch.float32, r) for r in (1, 2, 32)] == [1, 32, 32]
-    assert [packed_linear.layout_rows(torch.bfloat16, r) for r in (1, 2, 32)] == [1, 1, 1]
-    model = BashGPTForCausalLM(small_config(hidden_size=64, num_attention_heads=4, vocab_size=512)).eval()
-    if not packed_linear.packed_weights(model):
-        pytest.skip("fp32 is not packed on this CPU")
-    layouts, packs = [], []
-    real = packed_linear._pack
-    for batch in (1, 1, 3):
-        packs.append([])
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(packed_linear, "_pack", lambda *a: packs[-1].append(a[1]) or real(*a))
-            model.generate(torch.randint(2, 512, (batch, 5)), max_new_tokens=3, do_sample=False, pad_token_id=0)
-        layouts.append(packed_linear._PACKED[model][0][0])
-    assert layouts == [1, 1, packed_linear.MAX_ROWS]
-    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-    # a prompt's prefill packs for its steps, and a call like the last packs nothing new
-    assert packs[1:] == [[], [packed_linear.MAX_ROWS] * linears]
-    swapped = []  # during generate(), whether the head runs a swapped-in forward
-    model.lm_head.register_forward_pre_hook(lambda m, args: swapped.append("forward" in vars(m)))
-    model.generate(torch.randint(2, 512, (1, 5)), max_new_tokens=2, do_sample=False, pad_token_id=0)
-    assert swapped and all(swapped)
-    swapped.clear()
-    model.to(torch.bfloat16).generate(torch.randint(2, 512, (1, 5)), max_new_tokens=2, do_sample=False, pad_token_id=0)
-    assert swapped and all(swapped) == packed_linear.packs_here(torch.bfloat16)  # nothing to serve: left alone
-    model.float()
-    head = model.lm_head
-    for rows in (1, 2, 7, packed_linear.MAX_ROWS):
-        x = torch.randn(rows, 64)
-        packed = packed_linear.packed_weights(model, rows)["lm_head"]
-        torch.testing.assert_close(packed_linear.packed_linear(x, packed, head.bias), torch.nn.functional.linear(
-            x, head.weight, head.bias), rtol=1e-5, atol=1e-5)
-
-
-def test_growing_cache_holds_what_dynamic_cache_holds():
-    """GrowingCache writes into spare room instead of concatenating; after every update, crop, batch selection and
-    reorder its keys/values equal DynamicCache's, and a step within the room allocates nothing new."""
-    from transformers import DynamicCache
-
-    from bashgpt.kv_cache import MIN_ROOM, GrowingCache
-
-    cfg = small_config(max_position_embeddings=MIN_ROOM + 100)
-    ours, theirs = GrowingCache(cfg), DynamicCache(config=cfg)
-    torch.manual_seed(0)
-
-    def both(op, *args):
-        for cache in (ours, theirs):
-            if op == "update":
-                for layer in range(cfg.num_hidden_layers):
-                    cache.update(*args, layer)
-            else:
-                getattr(cache, op)(*args)
-        for a, b in zip(ours.layers, theirs.layers, strict=True):
-            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values), op
-
-    def kv(batch, length):
-        return torch.randn(batch, 2, length, 16), torch.randn(batch, 2, length, 16)
-
-    both("update", *kv(3, 5))
-    start = ours.layers[0].keys.data_ptr()
-    for _ in range(4):
-        both("update", *kv(3, 1))
-    assert ours.layers[0].keys.data_ptr() == start  # written into the room, no copy
-    both("crop", -3)
-    both("update", *kv(3, 2))
-    both("batch_select_indices", torch.tensor([2, 0]))
-    both("update", *kv(2, 1))
-    both("reorder_cache", torch.tensor([1, 0]))
-    for _ in range(MIN_ROOM + 20):  # past the first room: it grows, and stops at the model's context
-        both("update", *kv(2, 1))
-    assert ours.get_seq_length() == theirs.get_seq_length() == 5 + 4 - 3 + 2 + 1 + MIN_ROOM + 20
-    assert ours.layers[0]._key_buffer.shape[-2] == cfg.max_position_embeddings
-
-
-@pytest.mark.parametrize("norm, pos", VARIANTS)
-def test_generate_with_the_growing_cache_gives_dynamic_caches_tokens(monkeypatch, norm, pos):
-    """generate() builds a GrowingCache by default; greedy and seeded sampled tokens, with and without padding, are
-    those of the same call with a plain DynamicCache, and a cache the caller passes is used as given."""
-    from transformers import DynamicCache
-
-    from bashgpt.kv_cache import GrowingCache
-    from bashgpt.modeling_bashgpt import CACHE_FIELD
-
-    model = BashGPTForCausalLM(small_config(norm_type=norm, position_embedding_type=pos)).eval()
-    built = []
-    real_init = GrowingCache.__init__
-    padded, mask = _left_padded_batch()
-    cases = [dict(input_ids=torch.randint(2, 96, (1, 7)), do_sample=False),
-             dict(input_ids=padded, attention_mask=mask, do_sample=False),
-             dict(input_ids=padded, attention_mask=mask, do_sample=True, top_p=0.9)]
-    for kwargs in cases:
-        kwargs.update(max_new_tokens=30, pad_token_id=0)
-        given = DynamicCache(config=model.config)
-        torch.manual_seed(1)
-        plain = model.generate(**kwargs, **{CACHE_FIELD: given})
-        assert type(given) is DynamicCache and given.get_seq_length() > 0  # the caller's cache was used
-        torch.manual_seed(1)
-        monkeypatch.setattr(GrowingCache, "__init__", lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
-        assert torch.equal(model.generate(**kwargs), plain), kwargs
-        monkeypatch.undo()
-    assert len(built) == len(cases)
-    assert type(output_cache(model(torch.tensor([[3, 4]]), use_cache=True))) is GrowingCache

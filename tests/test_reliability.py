@@ -20,6 +20,7 @@ from bashgpt.cli import main
 from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
 from bashgpt.errors import UserError
 from bashgpt.inference.modelio import load_model, save_model_folder
+from bashgpt.training.run_safety import SEAL
 from bashgpt.training.train import run_training
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,14 @@ def final_weights(run: Path, step: int) -> dict:
     return load_file(run / "checkpoints" / f"checkpoint-{step}" / "model.safetensors")
 
 
+def writing(checkpoint: Path, since: float) -> bool:
+    """Whether this run is writing ``checkpoint`` now: not sealed, and changed since the run started."""
+    try:
+        return not (checkpoint / SEAL).exists() and checkpoint.stat().st_mtime >= since
+    except FileNotFoundError:  # removed as an unsealed leftover
+        return False
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_reaches_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -49,16 +58,16 @@ def test_kill_9_at_random_moments_then_resume_reaches_identical_weights(tmp_path
     run = tmp_path / "killed"
     kills, during_save = 0, 0
     for attempt in range(12):
-        resume = ["--resume"] if (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("checkpoint-*")) else []
+        resume = ["--resume"] if any(run.glob(f"checkpoints/checkpoint-*/{SEAL}")) else []
         if not resume and run.exists():
             resume = ["--overwrite"]
+        started = time.time()
         proc = subprocess.Popen([sys.executable, *recipe_args(tmp_path, "killed"), *resume], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if attempt % 2 == 0:  # kill while a checkpoint is being written
+        if attempt % 2 == 0:  # kill while a checkpoint is being written (its folder there, not yet sealed)
             deadline = time.monotonic() + 120
             while proc.poll() is None and time.monotonic() < deadline:
-                staging = run / "checkpoints" / ".staging"
-                if staging.is_dir() and any(staging.iterdir()):
+                if any(writing(p, started) for p in run.glob("checkpoints/checkpoint-*")):
                     proc.kill()
                     during_save += 1
                     break

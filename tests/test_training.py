@@ -471,3 +471,60 @@ def test_console_shows_one_progress_line_and_one_line_per_validation(tmp_path, c
     else:  # one plain line per log event, for log files
         lines = [line for line in err.splitlines() if line.startswith("[bashgpt] step ") and "ETA" in line]
         assert lines and re.search(r"step 6/6 · epoch 2/2 · loss \d+\.\d{3} · lr \S+ · [\d,]+ tok/s · ETA 0:00", lines[-1])
+
+
+def test_resumed_time_budget_and_early_stopping_go_on_where_the_checkpoint_was(tmp_path, monkeypatch):
+    """The time budget's clock and the early-stopping count are sealed into each checkpoint and restored by --resume:
+    a run stopped at step 2 and resumed ends where the uninterrupted run ends, with the same weights (the learning
+    rate did not jump back to its peak)."""
+    from bashgpt.training.callbacks import BestModelSaver
+
+    clock = StepClock(0.4)
+    monkeypatch.setattr(callbacks, "time", clock)
+    budget = dict(num_epochs=1, steps_per_epoch=1000, time_budget=0.03, eval_steps=1)  # 1.8 s: step 5
+    straight = run_training(options(tmp_path, output_dir=str(tmp_path / "a"), **budget), extra_callbacks=[clock])
+    clock.now = 0.0
+    run_training(options(tmp_path, output_dir=str(tmp_path / "b"), **budget), extra_callbacks=[clock, StopAt(2)])
+    seal = json.loads((tmp_path / "b" / "checkpoints" / "checkpoint-2" / "bashgpt-complete.json").read_text())
+    assert seal["step"] == 2 and seal["states"]["time_budget"]["used"] == pytest.approx(0.8)
+    assert seal["states"]["skip_ledger"]["skipped_total"] == 0
+    resumed = run_training(options(tmp_path, output_dir=str(tmp_path / "b"), resume=True, **budget),
+                           extra_callbacks=[clock])
+    assert resumed["step"] == straight["step"] == 5
+    a = load_model(tmp_path / "a" / "checkpoints" / "checkpoint-5")
+    b = load_model(tmp_path / "b" / "checkpoints" / "checkpoint-5")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+    monkeypatch.setattr(BestModelSaver, "improves", lambda self, loss: self.best_loss == math.inf)
+    early = dict(num_epochs=1, steps_per_epoch=6, eval_steps=1, early_stopping=2)
+    run_training(options(tmp_path, output_dir=str(tmp_path / "c"), **early), extra_callbacks=[StopAt(2)])
+    resumed = run_training(options(tmp_path, output_dir=str(tmp_path / "c"), resume=True, **early))
+    assert resumed["step"] == 3  # as without the interruption: the count of validations without a best went on
+
+
+def test_resume_takes_the_newest_sealed_checkpoint_and_drops_an_unsealed_one(tmp_path):
+    run_training(options(tmp_path, num_epochs=1, eval_steps=1))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    newest = checkpoints / "checkpoint-3"
+    (newest / "bashgpt-complete.json").unlink()  # as if killed while checkpoint-3 was being written
+    (newest / "optimizer.pt").unlink()
+    resumed = run_training(options(tmp_path, num_epochs=1, eval_steps=1, resume=True))
+    assert resumed["step"] == 3 and (newest / "bashgpt-complete.json").is_file()  # step 3 again, from checkpoint-2
+    assert (newest / "optimizer.pt").is_file()
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_no_weight_decay_on_norms_or_biases(tmp_path, norm):
+    from transformers import TrainingArguments
+
+    from bashgpt.training.trainer import SafeTrainer
+
+    model = BashGPTForCausalLM(BashGPTConfig.from_preset("nano", norm_type=norm, vocab_size=64))
+    trainer = SafeTrainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"))
+    decayed = set(trainer.get_decay_parameter_names(model))
+    names = {name for name, _ in model.named_parameters()}
+    norms = {n for n in names if ".ln_" in n or n.startswith("transformer.ln_f")}
+    assert norms and not decayed & norms
+    assert not any(n.endswith(".bias") for n in decayed)
+    assert decayed == names - norms - {n for n in names if n.endswith(".bias")}  # every matrix and embedding decays

@@ -1,9 +1,9 @@
 """Generate bash with a trained model, and check it without running it.
 
 By default each line is checked as it is written and a line that breaks the script is sampled
-again (syntax_guard.py, through ``model.generate``). Raw sampling (``guard=False``) is a plain
-``model.generate``, which for bashgpt models runs its lean decode loop (decode_loop.py) on packed
-weights (packed_linear.py). Several samples are ranked: those that parse first, then by
+again (syntax_guard.py). Either way the tokens come from ``model.generate`` decoded by bashgpt's engine
+(engine.py), on oneDNN-packed weights (packed_linear.py) held for all of a prompt's samples. Several
+samples are ranked: those that parse first, then by
 ShellCheck findings (errors, then warnings, then notes), then by the model's mean log-likelihood.
 """
 
@@ -13,6 +13,8 @@ import torch
 from transformers import GenerationConfig, TextStreamer
 
 from ..errors import UserError
+from . import engine
+from .packed_linear import linears_packed
 from .shellcheck import bash_parse, shellcheck
 from .syntax_guard import LineChecker, guarded_generate
 
@@ -81,21 +83,22 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
     if learned:
         config.max_new_tokens = min(config.max_new_tokens, room)
     model.eval()
-    if guard:
-        n = enc["input_ids"].shape[1]
-        checker = LineChecker.for_tokenizer(tokenizer)
-        results = [guarded_generate(model, tokenizer, enc["input_ids"], config, checker) for _ in range(num_samples)]
-        return [Sample(prompt, tokenizer.decode(r.ids[n:], skip_special_tokens=True), r.ended, True, r.rollbacks)
-                for r in results]
-    return [_sample(model, tokenizer, prompt, enc, config, stream) for _ in range(num_samples)]
+    with torch.inference_mode(), linears_packed(model):
+        if guard:
+            n = enc["input_ids"].shape[1]
+            checker = LineChecker.for_tokenizer(tokenizer)
+            results = [guarded_generate(model, tokenizer, enc["input_ids"], config, checker)
+                       for _ in range(num_samples)]
+            return [Sample(prompt, tokenizer.decode(r.ids[n:], skip_special_tokens=True), r.ended, True, r.rollbacks)
+                    for r in results]
+        return [_sample(model, tokenizer, prompt, enc, config, stream) for _ in range(num_samples)]
 
 
 def _sample(model, tokenizer, prompt, enc, config, stream) -> "Sample":
-    """One completion through the model's ``generate()`` (for bashgpt models, its lean decode loop on packed
-    weights: decode_loop.py), streamed to ``stream`` if given."""
+    """One completion from the engine, streamed to ``stream`` if given."""
     streamer = _Streamer(tokenizer, stream) if stream is not None else None
-    with torch.inference_mode():
-        out = model.generate(**enc, generation_config=config, streamer=streamer)
+    out = engine.generate(model, enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=config,
+                          streamer=streamer)
     return to_sample(prompt, out[0, enc["input_ids"].shape[1]:].tolist(), tokenizer)
 
 

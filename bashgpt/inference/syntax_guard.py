@@ -30,11 +30,13 @@ verdict is the one the final check uses anyway.
   text only where the script parses.
 """
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from .engine import decode
 from .shellcheck import bash_parse
 
 COMPLETE, UNFINISHED, BROKEN = "complete", "unfinished", "broken"
@@ -220,14 +222,8 @@ class GuardedResult:
 @torch.no_grad()
 def guarded_generate(model, tokenizer, input_ids: torch.Tensor, generation_config, checker: LineChecker | None = None,
                      max_retries: int = 3, max_rollbacks: int = 32) -> GuardedResult:
-    """One guarded sample from ``model.generate`` (batch 1); ``generation_config.max_new_tokens`` (256 when
+    """One guarded sample from ``model.generate`` decoded by bashgpt's engine (batch 1); ``generation_config.max_new_tokens`` (256 when
     unset) bounds the completion, and all tries together generate at most three times that."""
-    import copy
-
-    from transformers import DynamicCache
-
-    from ..modeling_bashgpt import CACHE_FIELD  # generate()'s name for the KV cache in this Transformers
-
     checker = checker or LineChecker.for_tokenizer(tokenizer)
     prompt = input_ids[0].tolist()
     guard = ScriptGuard.for_prompt(checker, prompt, max_retries=max_retries, max_rollbacks=max_rollbacks)
@@ -240,7 +236,7 @@ def guarded_generate(model, tokenizer, input_ids: torch.Tensor, generation_confi
         stop = StopAtBrokenLine(guard)
         config = copy.copy(generation_config)
         config.max_new_tokens = min(limit - ids.shape[1], budget)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **{CACHE_FIELD: cache},
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, custom_generate=decode,
                              generation_config=config, logits_processor=processors,
                              stopping_criteria=StoppingCriteriaList([stop]))
         budget -= out.shape[1] - ids.shape[1]

@@ -28,16 +28,25 @@ class TimeBudget(TrainerCallback):
     """``--time-budget``: training stops, validates and saves once ``seconds`` of it have passed, and
     ``lr_factor`` is a schedule over time (linear warm-up over ``warmup_steps``, then cosine decay to 10%
     at the deadline), so that the run anneals however fast the machine turns out to be. Every process
-    uses the slowest one's clock, so all stop at the same step with the same learning rate."""
+    uses the slowest one's clock, so all stop at the same step with the same learning rate. A resumed run
+    goes on from the time its checkpoint had used (its state_dict), not from zero."""
 
     def __init__(self, seconds: float, warmup_steps: int):
         self.seconds = seconds
         self.warmup_steps = warmup_steps
         self.began = None
+        self.used_before = 0.0  # seconds of the budget spent before this process began (a resumed run's)
         self.fraction = 0.0  # of the budget used, as of the current step
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.began = time.perf_counter()
+        self.began = time.perf_counter() - self.used_before
+
+    def state_dict(self) -> dict:
+        return {"used": time.perf_counter() - self.began if self.began is not None else self.used_before}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.used_before = state["used"]
+        self.fraction = min(self.used_before / self.seconds, 1.0)
 
     def on_step_begin(self, args, state, control, **kwargs):
         elapsed = largest_across_processes(time.perf_counter() - self.began, args.device)
@@ -116,6 +125,12 @@ class EarlyStop(TrainerCallback):
     def __init__(self, patience: int, saver: BestModelSaver, say):
         self.patience, self.saver, self.say = patience, saver, say
         self.without_best = 0
+
+    def state_dict(self) -> dict:
+        return {"without_best": self.without_best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.without_best = state["without_best"]
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")

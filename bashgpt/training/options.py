@@ -74,7 +74,7 @@ class TrainOptions:
     device: str = "auto"
     num_proc: int | None = None
     cache_dir: str | None = None
-    save_total_limit: int = 2
+    save_total_limit: int = 2  # at least 2: the last sealed checkpoint stays while the next is written (run_safety.py)
     progress: bool = True
     time_budget: float | None = None  # minutes of training; the step count becomes an upper limit
 

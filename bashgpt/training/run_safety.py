@@ -1,53 +1,93 @@
 """What keeps a long run from being lost: atomic checkpoints, graceful Ctrl-C / SIGTERM, clear
 errors for a full disk or exhausted memory.
 
-- Checkpoints are written into ``checkpoints/.staging/`` and renamed into place when complete,
-  so ``kill -9`` at any moment leaves every ``checkpoint-N`` whole (``--resume`` takes the newest).
+- Trainer writes each ``checkpoint-N`` as it always does; once every file is in (Trainer's ``on_save``
+  event), ``CheckpointSeal`` writes ``bashgpt-complete.json`` into it, atomically, holding the state of the
+  run's own stateful pieces (time budget, early stopping, skip ledger). ``--resume`` takes the newest
+  sealed checkpoint and removes any unsealed one (a save that ``kill -9`` cut short), so a kill at any
+  moment costs at most the steps since the last seal. Trainer keeps the newest two checkpoints, so the
+  previous sealed one still exists while the next is being written.
 - The first Ctrl-C (or SIGTERM) asks the run to stop after the current step, save a resumable
   checkpoint and say how to resume; a second Ctrl-C stops at once.
 """
 
 import errno
+import json
 import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Protocol
 
+from accelerate import PartialState
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import UserError
 from .stability import all_processes_agree
 
-STAGING = ".staging"
+SEAL = "bashgpt-complete.json"  # in a checkpoint folder: every file of it was written
 OOM_ADVICE = ("out of memory: lower --batch-size (e.g. --batch-size 1), add --use-gradient-checkpointing, "
               "lower --seq-len, use --use-amp, or a smaller --model-size; `bashgpt estimate` shows what fits")
 
 
-def atomic_checkpoint_save(trainer, save, model, trial) -> None:
-    """Run Trainer's own checkpoint writer into a staging folder, then rename the result into place."""
-    args = trainer.args
-    root = args.output_dir
-    staging = os.path.join(root, STAGING)
-    if args.should_save:  # process 0 (of a multi-process run) owns the staging folder
-        shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging, exist_ok=True)
-    trainer.accelerator.wait_for_everyone()  # an empty staging folder before anyone writes
-    args.output_dir = staging
-    try:
-        save(model, trial)
-    finally:
-        args.output_dir = root
-    trainer.accelerator.wait_for_everyone()  # every process's files (rng_state_N.pth) are in before the rename
-    if not args.should_save:
-        return
-    name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
-    final = os.path.join(root, name)
-    if os.path.exists(final):  # the same step saved twice (e.g. end of epoch and interruption)
-        shutil.rmtree(final)
-    os.replace(os.path.join(staging, name), final)
-    shutil.rmtree(staging, ignore_errors=True)
-    rotate_checkpoints(output_dir=root, save_total_limit=args.save_total_limit, use_mtime=False)
+class Stateful(Protocol):
+    """A callback whose state a resumed run must get back."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """``path`` holds either its old content or all of ``text``, never part of it."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+class CheckpointSeal(TrainerCallback):
+    """After Trainer has written ``checkpoint-N`` on every process, the main one seals it: ``SEAL`` with the
+    states of ``parts`` (name -> Stateful)."""
+
+    def __init__(self, parts: dict[str, Stateful]):
+        self.parts = parts
+
+    def on_save(self, args, state, control, **kwargs):
+        PartialState().wait_for_everyone()  # every process's files (rng_state_N.pth) are in
+        if args.should_save:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            states = {name: part.state_dict() for name, part in self.parts.items()}
+            write_atomically(folder / SEAL, json.dumps({"step": state.global_step, "states": states}))
+        PartialState().wait_for_everyone()
+
+
+def sealed(checkpoint: Path) -> bool:
+    return (checkpoint / SEAL).is_file()
+
+
+def newest_sealed_checkpoint(checkpoints: Path) -> Path | None:
+    """The sealed ``checkpoint-N`` of the largest N, or None."""
+    found = [p for p in checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit() and sealed(p)]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def remove_unsealed(checkpoints: Path) -> None:
+    """Remove what an interrupted save left behind (never a sealed checkpoint)."""
+    for p in checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if p.is_dir() and not sealed(p):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def restore_states(checkpoint: Path, parts: dict[str, Stateful]) -> None:
+    """Give ``parts`` the states sealed into ``checkpoint``."""
+    states = json.loads((checkpoint / SEAL).read_text())["states"]
+    for name, part in parts.items():
+        if name in states:
+            part.load_state_dict(states[name])
 
 
 def describe_os_error(err: OSError, where: str) -> str:
@@ -105,11 +145,6 @@ class GracefulStop(TrainerCallback):
 
     def exit_code(self) -> int:
         return 143 if self.signal_name == "SIGTERM" else 130
-
-
-def recover_staging(checkpoints: Path) -> None:
-    """Remove what an interrupted save left behind (never a complete checkpoint)."""
-    shutil.rmtree(checkpoints / STAGING, ignore_errors=True)
 
 
 class Interrupted(UserError):

@@ -53,6 +53,13 @@ class SkipLedger:
             self.abort_reason = (f"{sum(self.recent)} of the last {len(self.recent)} updates were skipped for NaN/inf, "
                                  f"more than {self.max_fraction:.0%} (step {step})")
 
+    def state_dict(self) -> dict:
+        return {"skipped_total": self.skipped_total, "consecutive": self.consecutive, "recent": list(self.recent)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped_total, self.consecutive = state["skipped_total"], state["consecutive"]
+        self.recent = deque(state["recent"], maxlen=self.window)
+
     @property
     def recent_fraction(self) -> float:
         return sum(self.recent) / max(len(self.recent), 1)

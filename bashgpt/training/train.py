@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from transformers import TrainingArguments, default_data_collator
-from transformers.trainer_utils import get_last_checkpoint
 
 from .. import BashGPTConfig, BashGPTForCausalLM
 from ..data.cache_dirs import packed_cache_dir
@@ -40,7 +39,17 @@ from .memory_plan import default_budget, levers_for_run
 from .options import LOSS_TARGETS, TrainOptions
 from .progress import ProgressLine
 from .report import model_card, plot_training_curves
-from .run_safety import OOM_ADVICE, GracefulStop, Interrupted, describe_os_error, is_out_of_memory, recover_staging
+from .run_safety import (
+    OOM_ADVICE,
+    CheckpointSeal,
+    GracefulStop,
+    Interrupted,
+    describe_os_error,
+    is_out_of_memory,
+    newest_sealed_checkpoint,
+    remove_unsealed,
+    restore_states,
+)
 from .sharding import full_state_dict
 from .stability import NAN_ADVICE, SkipLedger
 from .trainer import SafeTrainer
@@ -119,7 +128,9 @@ def plan_model(opts: TrainOptions):
 
 
 def last_checkpoint(out: Path) -> str | None:
-    return get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
+    """The newest complete (sealed) checkpoint of the run in ``out``."""
+    found = newest_sealed_checkpoint(out / "checkpoints")
+    return str(found) if found else None
 
 
 def check_same_options(opts: TrainOptions, out: Path) -> None:
@@ -149,7 +160,7 @@ def prepare_output_dir(opts: TrainOptions) -> str | None:
     """Create or check the output folder; returns the checkpoint to resume from."""
     out = Path(opts.output_dir)
     if opts.resume:
-        recover_staging(out / "checkpoints")
+        remove_unsealed(out / "checkpoints")
         last = last_checkpoint(out)
         if last is None:
             raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
@@ -351,7 +362,11 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, tokens_per_step, run.say, opts.progress,
                             run.is_main, saver, budget)  # before the saver in the list: it asks, then the saver updates
     early = [EarlyStop(opts.early_stopping, saver, run.say)] if opts.early_stopping else []
-    callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch),
+    stateful = {"time_budget": budget, "early_stopping": early[0] if early else None, "skip_ledger": ledger}
+    stateful = {name: part for name, part in stateful.items() if part is not None}
+    if resume_from:
+        restore_states(Path(resume_from), stateful)
+    callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch), CheckpointSeal(stateful),
                  JsonlLog(out / "log.jsonl", tokens_per_step, opts.steps_per_epoch, device, ledger, run.is_main),
                  progress, advice, *early, saver, *extra_callbacks]  # early asks the saver before it updates
     stopper = GracefulStop(run.say)
@@ -421,6 +436,7 @@ def train_guarded(trainer, stopper: GracefulStop, resume_from: str | None, out: 
         raise Interrupted(f"stopped at once by a second Ctrl-C; the last complete checkpoint is "
                           f"{last_checkpoint_text(out)}; continue with: {resume_command()}", 130) from None
     except OSError as err:
+        remove_unsealed(out / "checkpoints")  # a save cut short: nothing a later run should see
         raise UserError(f"{describe_os_error(err, str(out))}; free space or pick another --output-dir; the last "
                         f"good checkpoint is {last_checkpoint_text(out)}") from None
     except Exception as err:

@@ -1,6 +1,7 @@
-"""``SafeTrainer``: HF ``Trainer`` with the stability rules (stability.py) and atomic checkpoints (run_safety.py).
+"""``SafeTrainer``: HF ``Trainer`` with the stability rules (stability.py), through its documented override points
+(``compute_loss``, ``create_scheduler``, ``get_decay_parameter_names``) and a callback.
 
-Two override points skip a bad update, because a callback alone cannot stop ``optimizer.step()``:
+Two hooks skip a bad update, because a callback alone cannot stop ``optimizer.step()``:
 ``SafeTrainer.compute_loss`` (a bad micro-batch contributes zero gradient and marks the
 window) and a pre-optimizer-step callback (checks gradients, agrees across processes, drops
 the gradients).
@@ -9,15 +10,16 @@ the gradients).
 import inspect
 
 import torch
+from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from .run_safety import atomic_checkpoint_save
 from .stability import SkipLedger, all_processes_agree, clamp_loss, gradients_finite
+
+NORMS = (nn.LayerNorm, nn.RMSNorm)
 
 
 class SafeTrainer(Trainer):
-    """``Trainer`` that clamps the loss, skips updates with non-finite loss or gradients, and writes
-    checkpoints atomically (run_safety.py)."""
+    """``Trainer`` that clamps the loss, skips updates with non-finite loss or gradients, and decays no norm."""
 
     def __init__(self, *args, loss_clamp: float | None = None, skip_ledger: SkipLedger | None = None,
                  lr_factor=None, **kwargs):
@@ -35,8 +37,12 @@ class SafeTrainer(Trainer):
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, self.lr_factor)
         return self.lr_scheduler
 
-    def _save_checkpoint(self, model, trial):
-        atomic_checkpoint_save(self, super()._save_checkpoint, model, trial)
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Trainer's rule (no biases, no ``nn.LayerNorm``), and no gain of any norm module: Trainer matches
+        RMSNorm only by name, and ours are ``ln_1``/``ln_2``/``ln_f``."""
+        norms = {f"{name}.{p}" for name, module in model.named_modules() if isinstance(module, NORMS)
+                 for p, _ in module.named_parameters(recurse=False)}
+        return [name for name in super().get_decay_parameter_names(model) if name not in norms]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and self.fused_lm_loss:  # chunked LM head + loss, no full-size logits (fused_loss.py);

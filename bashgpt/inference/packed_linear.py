@@ -15,22 +15,17 @@ decoding runs 15% faster at batch 1 on the one-row layout and 25-40% faster at b
 batch layout. bf16 keeps the one-row layout: on an AMD EPYC Zen 5 every layout from 1 to 64 rows gave
 F.linear's bits and took the same time within noise (the batch layout about 6% less at 4 rows).
 Inputs of more rows (a prompt's prefill) are compute-bound and run on the plain weights.
-Used by ``BashGPTForCausalLM.generate``, so ``pipeline`` and ``bashgpt generate`` get it too.
-The packed copies live as long as the model and are rebuilt when a weight changes; they cost
-as much memory as the linear weights themselves.
-
-Copied beside the weights with the modeling file; imports only torch.
+Used by bashgpt's decode engine (engine.py) and entered once around all of a command's sampling: the
+packed copies cost as much memory as the linear weights themselves and live only for that block.
 """
 
 import platform
-import weakref
 from contextlib import contextmanager
 from functools import cache
 
 import torch
 from torch import nn
 
-_PACKED = weakref.WeakKeyDictionary()  # model -> ((layout, weight versions), {name: packed weight})
 MAX_ROWS = 32  # packed only for inputs of at most this many rows: decode steps of a batch, not a prompt's prefill
 
 
@@ -57,10 +52,11 @@ def layout_rows(dtype: torch.dtype, batch: int) -> int:
 @cache
 def packs_here(dtype: torch.dtype) -> bool:
     """Whether oneDNN can pack weights of this dtype on this CPU (bf16 needs AVX512-BF16 or AMX)."""
-    return _pack(torch.zeros(16, 16, dtype=dtype), 1) is not None
+    return pack(torch.zeros(16, 16, dtype=dtype), 1) is not None
 
 
-def _pack(weight: torch.Tensor, layout: int) -> torch.Tensor | None:
+def pack(weight: torch.Tensor, layout: int) -> torch.Tensor | None:
+    """``weight`` reordered into oneDNN's blocked layout for ``layout`` rows; None where oneDNN cannot."""
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), layout)
     except (RuntimeError, AttributeError):  # no oneDNN, or no kernel for this dtype on this CPU (bf16 without AVX512)
@@ -86,38 +82,32 @@ def can_pack(linears: dict[str, nn.Linear]) -> bool:
 
 
 def packed_weights(model: nn.Module, batch: int = 1) -> dict[str, torch.Tensor]:
-    """``{name: packed weight}`` of the model's linear layers for the one-token steps of a batch; empty where
-    packing does not apply. The last set built is kept with the model (one layout at a time) until a weight
-    changes, so alternating batch 1 and larger batches between calls packs again each time."""
+    """``{name: packed weight}`` of the model's linear layers, laid out for the one-token steps of a batch;
+    empty where packing does not apply."""
     linears = _linears(model)
     if not can_pack(linears):
         return {}
-    weights = [m.weight for m in linears.values()]
-    layout = layout_rows(weights[0].dtype, batch)
-    key = (layout, tuple((id(w), w.data_ptr(), w.dtype, w._version) for w in weights))  # model.to(dtype) swaps .data
-    cached = _PACKED.get(model)
-    if cached is None or cached[0] != key:
-        packed = {name: _pack(m.weight, layout) for name, m in linears.items()}
-        cached = (key, {} if any(p is None for p in packed.values()) else packed)
-        _PACKED[model] = cached
-    return cached[1]
+    layout = layout_rows(next(iter(linears.values())).weight.dtype, batch)
+    packed = {name: pack(m.weight, layout) for name, m in linears.items()}
+    return {} if any(p is None for p in packed.values()) else packed
 
 
 @contextmanager
 def linears_packed(model: nn.Module):
     """Within the block, every ``nn.Linear`` of ``model`` runs on a packed weight for inputs of at most
-    ``MAX_ROWS`` rows (CPU, no autograd, no autocast), packed at the first such input for its batch size,
+    ``MAX_ROWS`` rows without autograd or autocast (CPU), packed at the first such input for its batch size,
     so a short prompt's prefill and the steps after it share one layout; anywhere else, or where packing
-    does not pay on this CPU (``worth_packing``), nothing changes."""
+    does not pay on this CPU (``worth_packing``), nothing changes. The packed copies are dropped on exit;
+    a block inside another for the same model uses the outer one's. The weights must not change within it."""
     linears = _linears(model)
-    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or not can_pack(linears):
+    if not can_pack(linears):
         yield
         return
-    layouts = {}  # layout -> packed weights, looked up once per block: the weights stay as they are within it
+    layouts = {}  # layout -> packed weights, built once per block: the weights stay as they are within it
     dtype = next(iter(linears.values())).weight.dtype  # one dtype for all (can_pack read it from the same weight)
 
     def forward(module, name, x):
-        if x.numel() <= MAX_ROWS * x.shape[-1]:
+        if x.numel() <= MAX_ROWS * x.shape[-1] and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
             batch = x.shape[0] if x.dim() > 1 else 1  # (B, T, C): a prompt's prefill packs for its decode steps
             layout = layout_rows(dtype, batch)
             if layout not in layouts:
