@@ -74,7 +74,7 @@ def test_kill_9_at_random_moments_then_resume_reaches_identical_weights(tmp_path
                 time.sleep(0.002)
         else:  # kill at a random moment once training runs (start-up alone can take 10 s on a busy machine)
             deadline = time.monotonic() + 120
-            while proc.poll() is None and time.monotonic() < deadline and not list(run.glob("checkpoints/checkpoint-*")):
+            while proc.poll() is None and time.monotonic() < deadline and not list(run.glob(f"checkpoints/*/{SEAL}")):
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.0, 3.0))
             if proc.poll() is None:
