@@ -195,11 +195,9 @@ def cpu_description() -> str:
 
 
 def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
-    """bashgpt's decode engine (engine.generate, packed weights held across the calls as the CLI holds them) and the
-    stock model.generate (what pipeline calls) against GPT2LMHeadModel.generate at the same dimensions, greedy and
+    """bashgpt's decode engine (engine.generate, which packs the weights in each call) and the stock model.generate (what pipeline calls) against GPT2LMHeadModel.generate at the same dimensions, greedy and
     sampling, batch 1 and 4. The engine's greedy tokens are checked against stock generate's."""
     from bashgpt.inference import engine
-    from bashgpt.inference.packed_linear import linears_packed
 
     rows = []
     for size in sizes:
@@ -219,12 +217,12 @@ def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):
                 runners = {"engine": lambda m=ours, p=prompt, k=kwargs: engine.generate(m, p, **k),
                            "generate()": lambda m=ours, p=prompt, k=kwargs: m.generate(p, **k),
                            "GPT2": lambda m=twin, p=prompt, k=kwargs: m.generate(p, **k)}
-                with torch.inference_mode(), linears_packed(ours):
+                with torch.inference_mode():  # the engine packs its weights in each call, the stock path never
                     same = None
                     if mode == "greedy":
                         same = torch.equal(runners["engine"](), runners["generate()"]())
                     short = dict(kwargs, max_new_tokens=8, min_new_tokens=8)
-                    for run in runners.values():  # warm-up (the engine's weights are packed here, once)
+                    for run in runners.values():  # warm-up
                         run(k=short)
                     times = interleaved(runners, reps)
                 row = {"size": size, "dtype": dtype, "mode": mode, "batch": batch, "new_tokens": new_tokens,
@@ -386,7 +384,7 @@ def write_markdown(results, path):
     if results.get("decode"):
         lines += ["## Decoding (128 new tokens after a 32-token prompt; tokens/s over the whole batch)", "",
                   "engine: bashgpt's decode engine (`bashgpt.inference.engine`, what `bashgpt generate` and `eval` use), "
-                  "on packed weights held across calls. `generate()`: the stock `model.generate`, what `pipeline` "
+                  "packing its weights in each call (the CLI packs once per prompt). `generate()`: the stock `model.generate`, what `pipeline` "
                   "calls. Identical: the engine's greedy tokens equal stock `generate()`'s. Sampling: temperature "
                   "0.8, top-k 50, top-p 0.95.", "",
                   "| size | dtype | mode | batch | engine tok/s | generate() | GPT2LMHeadModel.generate | engine / GPT2 | "
