@@ -59,16 +59,9 @@ def load_for_inference(model_dir: str, device: str, trust_remote_code: bool = Fa
     return model.to(resolve_device(device)), tokenizer
 
 
-def sampling_from(args):
-    from .inference.generate import SamplingOptions
-
-    return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-                           greedy=getattr(args, "greedy", False))
-
-
 def cmd_generate(args):
     from .inference.generate import check_report, generate, rank, sample_record
+    from .inference.sampling import SamplingOptions
 
     if args.prompt_file:
         try:
@@ -84,7 +77,7 @@ def cmd_generate(args):
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.trust_remote_code)
-    sampling = sampling_from(args)
+    sampling = SamplingOptions.from_args(args)
     if args.no_guard and args.num_samples == 1 and not args.json:  # raw, one sample: stream it as it comes
         print(f"----- sample -----\n{prompt}", end="", flush=True)
         samples = generate(model, tokenizer, prompt, sampling, seed=args.seed, stream=sys.stdout)
@@ -113,6 +106,7 @@ def cmd_eval(args):
     from .data.corpus import load_corpus
     from .inference.evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
     from .inference.modelio import check_model_folder
+    from .inference.sampling import SamplingOptions
     from .training.train import corpus_of
 
     model_dir = Path(args.model_dir) if args.trust_remote_code else check_model_folder(args.model_dir)
@@ -127,7 +121,7 @@ def cmd_eval(args):
              for name, src in (("language", language), ("code", code))}
     prompts = load_prompts(Path(args.prompts)) if args.prompts else load_prompts()
     result = evaluate(model, tokenizer, texts["language"], texts["code"], prompts,
-                      samples_per_prompt=args.samples_per_prompt, sampling=sampling_from(args), seq_len=args.seq_len,
+                      samples_per_prompt=args.samples_per_prompt, sampling=SamplingOptions.from_args(args), seq_len=args.seq_len,
                       max_blocks=args.max_blocks, seed=args.seed)
     result["data"] = {"language": language, "code": code}
     print(format_table(result))
@@ -158,13 +152,15 @@ def cmd_quickstart(args):
     run_quickstart(plan, device=args.device)
 
 
-def add_sampling_arguments(p, max_new_tokens: int):
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--repetition-penalty", type=float, default=1.1)
-    p.add_argument("--seed", type=int, default=None if max_new_tokens == 256 else 0, help="seed for sampling")
+def add_sampling_arguments(p, max_new_tokens: int | None):
+    from .inference.sampling import DEFAULTS
+
+    model_or = "default: the model's generation_config.json, else {}"
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=model_or.format(DEFAULTS["max_new_tokens"]) if max_new_tokens is None else None)
+    for flag, kind in (("temperature", float), ("top-p", float), ("top-k", int), ("repetition-penalty", float)):
+        p.add_argument(f"--{flag}", type=kind, default=None, help=model_or.format(DEFAULTS[flag.replace("-", "_")]))
+    p.add_argument("--seed", type=int, default=None if max_new_tokens is None else 0, help="seed for sampling")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a folder of another model type to run its own Python code (only for folders you trust)")
@@ -249,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="run bash -n and ShellCheck on each sample (never executes it)")
     p.add_argument("--json", action="store_true", help="print one JSON object per sample instead of streaming: text "
                    "(prompt included), ended (end of text was generated), parses (bash -n), shellcheck counts")
-    add_sampling_arguments(p, 256)
+    add_sampling_arguments(p, None)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("eval", help="held-out loss on both corpora and the quality of generated bash")

@@ -20,7 +20,8 @@ from .data.corpus import STDLIB, load_corpus
 from .data.packing import packed_splits
 from .data.tokenization import default_tokenizer_dir, encode_batch, load_tokenizer, train_on_corpora
 from .devices import bf16_is_fast, resolve_device
-from .inference.generate import SamplingOptions, check_report
+from .inference.generate import check_report
+from .inference.sampling import SamplingOptions
 from .training.options import TrainOptions
 from .training.train import run_training
 

@@ -13,9 +13,11 @@ import torch
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
 from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.errors import UserError
 from bashgpt.inference.evaluate import distinct_n, script_quality
-from bashgpt.inference.generate import SamplingOptions, check_report, generate
+from bashgpt.inference.generate import check_report, generate
 from bashgpt.inference.modelio import load_model_and_tokenizer, save_model_folder
+from bashgpt.inference.sampling import DEFAULTS, SamplingOptions, default_generation_config
 from bashgpt.inference.shellcheck import bash_parse, shellcheck, shellcheck_binary
 
 GOOD = "#!/bin/bash\nfor f in *.txt; do\n  echo \"$f\"\ndone\n"
@@ -268,3 +270,46 @@ def test_shellcheck_from_the_extra_is_found_without_an_activated_venv():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     found = out.stdout.strip()
     assert found in (str(beside), shutil.which("shellcheck", path="/usr/bin:/bin")), out.stderr[-2000:]
+
+
+def test_a_trained_model_carries_the_sampling_defaults_that_every_path_uses(tmp_path, capsys, monkeypatch):
+    """best/ holds generation_config.json with bashgpt's defaults, so pipeline and model.generate sample as bashgpt
+    generate does; bashgpt generate takes a flag first, then the model's file (edited here), then the defaults."""
+    from test_training import options
+
+    from bashgpt.inference import generate as generate_module
+    from bashgpt.training.train import run_training
+
+    best = Path(run_training(options(tmp_path, num_epochs=1))["best"])
+    saved = json.loads((best / "generation_config.json").read_text())
+    tok = load_tokenizer(default_tokenizer_dir())
+    assert {k: saved[k] for k in DEFAULTS} == DEFAULTS and saved["do_sample"] is True
+    assert (saved["eos_token_id"], saved["pad_token_id"]) == (tok.eos_token_id, tok.pad_token_id)
+    model, _ = load_model_and_tokenizer(best)
+    mine = default_generation_config(tok).to_diff_dict()
+    assert {k: v for k, v in model.generation_config.to_diff_dict().items() if k in mine} == mine  # model.generate's
+
+    used = []
+    real = generate_module.engine.generate
+    monkeypatch.setattr(generate_module.engine, "generate",
+                        lambda *a, generation_config, **k: used.append(generation_config) or real(
+                            *a, generation_config=generation_config, **k))
+    run = ["generate", str(best), "--no-guard", "--device", "cpu", "--seed", "1"]
+    assert main(run) == 0
+    assert {k: getattr(used[-1], k) for k in DEFAULTS} == DEFAULTS and used[-1].do_sample
+    saved.update(temperature=0.5, top_k=7, max_new_tokens=9)
+    (best / "generation_config.json").write_text(json.dumps(saved))
+    assert main(run + ["--top-k", "3"]) == 0
+    assert (used[-1].temperature, used[-1].top_k, used[-1].max_new_tokens) == (0.5, 3, 9)
+    saved.update(do_sample=False)
+    (best / "generation_config.json").write_text(json.dumps(saved))
+    assert main(run) == 0 and not used[-1].do_sample  # the model's own choice of greedy decoding
+    capsys.readouterr()
+
+
+def test_a_folder_without_sampling_settings_samples_with_the_defaults(nano_dir):
+    model, tok = load_model_and_tokenizer(nano_dir)
+    config = SamplingOptions().generation_config(model, tok)
+    assert config.do_sample and {k: getattr(config, k) for k in DEFAULTS} == DEFAULTS
+    with pytest.raises(UserError, match="--temperature must be positive"):
+        SamplingOptions(temperature=0.0).generation_config(model, tok)

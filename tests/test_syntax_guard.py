@@ -9,8 +9,9 @@ from transformers import LogitsProcessorList, pipeline
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
 from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
-from bashgpt.inference.generate import SamplingOptions, generate
+from bashgpt.inference.generate import generate
 from bashgpt.inference.modelio import save_model_folder
+from bashgpt.inference.sampling import SamplingOptions
 from bashgpt.inference.shellcheck import bash_parse
 from bashgpt.inference.syntax_guard import (
     BROKEN,
@@ -148,7 +149,7 @@ def test_guarded_generate_takes_back_broken_lines_and_returns_scripts_that_parse
     model = nano(tok, {"fi": 3.0, "done": 3.0, "echo": 3.5, "if": 2.5, " true": 2.0, ";": 2.0, " then": 2.0, "\n": 3.5},
                  eos=2.0)
     config = SamplingOptions(max_new_tokens=40, temperature=1.0, top_p=1.0, top_k=0,
-                             repetition_penalty=1.0).generation_config(tok)
+                             repetition_penalty=1.0).generation_config(model, tok)
     prompt = torch.tensor([ids_of(tok, PROMPT)])
     rollbacks, raw_broken = 0, 0
     for seed in range(6):

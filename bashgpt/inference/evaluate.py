@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from ..data.packing import pack_dataset
 from ..data.tokenization import encode_batch
 from ..errors import UserError
-from .generate import SamplingOptions, generate
+from .generate import generate
+from .sampling import SamplingOptions
 from .shellcheck import bash_parse, shellcheck, shellcheck_binary
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.txt"

@@ -10,35 +10,14 @@ ShellCheck findings (errors, then warnings, then notes), then by the model's mea
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, TextStreamer
+from transformers import TextStreamer
 
 from ..errors import UserError
 from . import engine
 from .packed_linear import linears_packed
+from .sampling import SamplingOptions
 from .shellcheck import bash_parse, shellcheck
 from .syntax_guard import LineChecker, guarded_generate
-
-
-@dataclass
-class SamplingOptions:
-    max_new_tokens: int = 256
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 50
-    repetition_penalty: float = 1.1
-    greedy: bool = False
-
-    def generation_config(self, tokenizer) -> GenerationConfig:
-        if self.max_new_tokens <= 0:
-            raise UserError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
-        if not self.greedy and self.temperature <= 0:
-            raise UserError(f"--temperature must be positive (or use --greedy), got {self.temperature}")
-        common = dict(max_new_tokens=self.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id, repetition_penalty=self.repetition_penalty)
-        if self.greedy:
-            return GenerationConfig(do_sample=False, **common)
-        return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                **common)
 
 
 @dataclass
@@ -72,7 +51,7 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
         raise UserError("the prompt is empty; pass --prompt TEXT or a non-empty --prompt-file")
     if seed is not None:
         torch.manual_seed(seed)
-    config = sampling.generation_config(tokenizer)
+    config = sampling.generation_config(model, tokenizer)
     device = next(model.parameters()).device
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
     room = getattr(model.config, "max_position_embeddings", 10**9) - enc["input_ids"].shape[1]

@@ -30,6 +30,7 @@ from ..data.tokenization import default_tokenizer_dir, load_tokenizer
 from ..devices import choose_precision, resolve_device
 from ..errors import UserError
 from ..inference.modelio import save_model_folder
+from ..inference.sampling import default_generation_config
 from .callbacks import Advice, BestModelSaver, EarlyStop, EpochBoundary, JsonlLog, TimeBudget
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .cpu_memory import keep_large_allocations_on_heap, return_freed_memory
@@ -296,6 +297,8 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                             f"positions; lower --seq-len")
         torch.manual_seed(opts.seed)
         model = BashGPTForCausalLM(config)
+    if model.generation_config.do_sample is None:  # new, or saved before bashgpt wrote its sampling defaults
+        model.generation_config = default_generation_config(tokenizer)  # saved as generation_config.json
     apply_to_model(model, levers)  # storage dtype (bf16 for adamw-bf16) and the training attention
     if budgeted:
         return_freed_memory()  # CPU under a budget: the peak is what is alive at once (cpu_memory.py)
