@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from .configuration_bashgpt import PRESETS
 from .devices import DEVICES
 from .errors import UserError
 from .training.levers import ATTENTIONS, OPTIMIZERS
@@ -209,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "train.jsonl, validation.jsonl and manifest.json. Scripts are never executed.")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="a folder (e.g. git clones), 'system' (this machine's scripts), 'debian:PKG,PKG' "
-                        "('debian:' alone = the default 42 packages), or 'hub:NAME[:COLUMN]'")
+                        "('debian:' alone = the default shell-rich packages, bashgpt/data/debian_packages.txt), or "
+                        "'hub:NAME[:COLUMN]'")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--validation-fraction", type=float, default=0.05, help="share of files held out (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
@@ -269,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="memory by part, whether it fits, FLOPs and time per step, before training",
                        description="Estimate a run's memory (weights, gradients, optimizer state, activations) and "
                                    "step time from this device's measured matmul rate.")
-    p.add_argument("--model-size", choices=["nano", "tiny", "medium", "large", "xlarge"], required=True)
+    p.add_argument("--model-size", choices=list(PRESETS), required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)

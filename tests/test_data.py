@@ -321,3 +321,13 @@ def test_near_dedup_verifies_every_candidate_pair(monkeypatch):
     monkeypatch.setattr(datasketch.MinHashLSH, "insert", lambda self, key, mh, *args, **kw: inserted.append(key))
     monkeypatch.setattr(datasketch.MinHashLSH, "query", lambda self, mh: list(inserted))
     assert near_duplicates([a, c, _window(0, 74)]) == [None, None, 0]
+
+
+def test_default_debian_packages_come_from_their_data_file(tmp_path):
+    from bashgpt.data.collect import DEFAULT_DEBIAN_PACKAGES, read_package_list
+
+    listed = tmp_path / "packages.txt"
+    listed.write_text("# a comment\nbash  # the shell\n\ncoreutils\n")
+    assert read_package_list(listed) == ("bash", "coreutils")
+    assert len(DEFAULT_DEBIAN_PACKAGES) == len(set(DEFAULT_DEBIAN_PACKAGES)) == 241
+    assert DEFAULT_DEBIAN_PACKAGES[0] == "lynis" and all(" " not in name for name in DEFAULT_DEBIAN_PACKAGES)

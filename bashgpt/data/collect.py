@@ -31,46 +31,15 @@ from ..inference.shellcheck import bash_parse
 from .cache_dirs import cache_root
 from .tokenization import encode_batch
 
-# Bash-heavy Debian packages that together give about 1,500 real scripts (see README).
-# Debian packages rich in shell, chosen so that the default set gives about the reference guide's stage-2
-# corpus (7.1M tokens) after dedup; bench/collect.py measures it. Each file keeps its package, version and
-# licence (from the package's copyright file); the maintainer scripts (postinst, prerm...) count too.
-DEFAULT_DEBIAN_PACKAGES = (
-    # the first 42: system tools, boot, packaging
-    "lynis bash-completion dracut-core rkhunter libtool tlp live-build git neofetch devscripts xdg-utils byobu dkms "
-    "autoconf dehydrated live-boot initscripts grub-common ucf bash-doc live-config util-linux makedev open-iscsi "
-    "schroot shunit2 os-prober console-setup initramfs-tools-core lvm2 cryptsetup-initramfs etckeeper pass "
-    "wireguard-tools mdadm debootstrap ifupdown initramfs-tools kernel-wedge sbuild kmod mkosi "
-    # clusters, backup, recovery, install and build systems
-    "resource-agents rear fai-client fai-server tiger backupninja backup-manager laptop-mode-tools lxc-templates "
-    "gnulib automake linux-kbuild-6.1 easy-rsa isc-dhcp-client netscript-2.4 chkrootkit bats fzf ltsp "
-    "dracut-network dracut-live munin-node monitoring-plugins-contrib apcupsd nut-server bacula-common jetty9 "
-    "xen-utils-common x11-common ghostscript molly-guard zram-tools acpi-support apt debian-goodies ssl-cert "
-    "cryptsetup sysvinit-utils grub2-common git-extras ifupdown-extra open-vm-tools openvpn ctdb aide mmdebstrap "
-    "pbuilder quilt dh-make cowdancer nfs-common firewalld netfilter-persistent libvirt-clients ucarp vpnc-scripts "
-    "ppp postgresql-common apache2 xinit lightdm plymouth apparmor smartmontools hdparm e2fsprogs multipath-tools "
-    "drbd-utils "
-    # shell tools, init systems, networking and mail
-    "screenfetch yadm openstack-pkg-tools cloud-guest-utils cloud-image-utils openresolv resolvconf ifenslave "
-    "exim4-base exim4-config kdump-tools gzip xz-utils debianutils kbd keyboard-configuration mc-data "
-    "munin-plugins-core munin-plugins-extra live-tools debian-cd sharness git-flow topgit guilt vcsh rcm runit "
-    "runit-services openrc bootcd cvs-buildpackage autopkgtest sysv-rc cron anacron needrestart postfix openbox "
-    "xfce4-session "
-    # firewalls, security checks, installers, test libraries
-    "gettext texinfo alsa-utils strongswan-starter libreswan shorewall shorewall-core shorewall6 "
-    "arno-iptables-firewall firehol fireqos checksecurity logcheck cron-apt apticron grml-debootstrap shtool "
-    "makeself checkinstall fakechroot debootstick bats-assert bats-support bats-file "
-    "open-infrastructure-container-tools fail2ban sysstat "
-    # servers and language tool launchers
-    "pacemaker-cli-utils cluster-glue autofs debian-edu-config sitesummary pkg-perl-tools php-common tomcat10 maven "
-    "rbenv ruby-build xen-tools nfs-kernel-server xrdp lighttpd slapd xdm xutils-dev virtualenvwrapper todotxt-cli "
-    "tmux-plugin-manager fasd undistract-me hollywood dejagnu mariadb-server glusterfs-server "
-    # monitoring, cloud and cluster installers, packaging helpers
-    "lm-sensors fancontrol subversion-tools duply systemtap lxc cloud-init kexec-tools iptables iproute2 "
-    "cpufrequtils bash nvme-cli debian-security-support openstack-debian-images openstack-cluster-installer refind "
-    "cdbs ganeti ocfs2-tools systemd-cron debian-edu-install rpm debugedit parallel bacula-director amanda-common "
-    "haproxy chrony apt-cacher-ng keychain ecryptfs-utils autossh smbclient ntpsec gdm3 sddm"
-).split()
+
+def read_package_list(path: Path) -> tuple[str, ...]:
+    """Package names, one per line, ``#`` comments and blank lines skipped."""
+    names = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return tuple(name for name in names if name)
+
+
+# Debian packages rich in shell (bashgpt/data/debian_packages.txt says how they were chosen).
+DEFAULT_DEBIAN_PACKAGES = read_package_list(Path(__file__).with_name("debian_packages.txt"))
 
 SYSTEM_ROOTS = ("/usr/bin", "/usr/sbin", "/usr/lib", "/usr/libexec", "/usr/share", "/etc",  # Linux
                 "/bin", "/sbin", "/usr/local/bin", "/opt/homebrew/bin", "/Library/Scripts")  # + macOS
