@@ -528,3 +528,64 @@ def test_no_weight_decay_on_norms_or_biases(tmp_path, norm):
     assert norms and not decayed & norms
     assert not any(n.endswith(".bias") for n in decayed)
     assert decayed == names - norms - {n for n in names if n.endswith(".bias")}  # every matrix and embedding decays
+
+
+def test_report_to_tensorboard_and_run_name_reach_trainer(tmp_path):
+    pytest.importorskip("tensorboard")
+    run_training(options(tmp_path, num_epochs=1, report_to=["tensorboard"], run_name="my-run"))
+    events = list((tmp_path / "run" / "checkpoints").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    args = torch.load(tmp_path / "run" / "checkpoints" / "checkpoint-3" / "training_args.bin", weights_only=False)
+    assert args.report_to == ["tensorboard"] and args.run_name == "my-run"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--report-to", "neptune"], "invalid choice: 'neptune'"),
+    (["--report-to", "wandb"], "needs the wandb package: pip install wandb"),
+    (["--push-to-hub"], "the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1)"),
+])
+def test_reporting_that_cannot_work_is_one_line_before_any_training(tmp_path, capsys, monkeypatch, flags, words):
+    from bashgpt.training import reporting
+
+    real = reporting.installed
+    monkeypatch.setattr(reporting, "installed", lambda package: package != "wandb" and real(package))
+    argv = ["train", "--model-size", "nano", "--dataset", str(write_corpus(tmp_path / "english", "english")),
+            "--output-dir", str(tmp_path / "run"), "--device", "cpu", *flags]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own refusal of a choice: its usage, then one line
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and words in err[-1]
+    assert err[0].startswith("usage:") or len(err) == 1
+    assert not (tmp_path / "run").exists()  # refused before the output folder was touched
+
+
+def test_push_to_hub_uploads_best_at_each_new_best_and_at_the_end(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from bashgpt.training import reporting
+
+    calls = []
+    monkeypatch.setattr(reporting, "check_hub", lambda repo: calls.append(("check", repo)))
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+
+    class Done:
+        def result(self):
+            return None
+
+    def upload(self, repo_id, folder_path, commit_message, run_as_future):
+        assert (Path(folder_path) / "model.safetensors").is_file() and (Path(folder_path) / "README.md").is_file()
+        calls.append(("upload", repo_id, run_as_future))
+        return Done() if run_as_future else None
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload)
+    monkeypatch.setattr("bashgpt.training.train.check_hub", reporting.check_hub)
+    run_training(options(tmp_path, num_epochs=1, eval_steps=1, push_to_hub=True, hub_model_id="me/bash-nano",
+                         hub_private=True, hub_strategy="every_best"))
+    assert calls[0] == ("check", "me/bash-nano")
+    assert [c for c in calls if c[0] == "create"] == [("create", "me/bash-nano", {"private": True, "exist_ok": True,
+                                                                                 "repo_type": "model"})]
+    uploads = [c for c in calls if c[0] == "upload"]
+    assert uploads[-1] == ("upload", "me/bash-nano", False) and len(uploads) >= 2  # new bests in the background
+    assert all(future for _, _, future in uploads[:-1])

@@ -1,12 +1,13 @@
 """The training command line: the reference guide's flags, with defaults from its recommended commands."""
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from ..configuration_bashgpt import PRESETS
 from ..data.corpus import STDLIB, TINYSTORIES
 from ..devices import DEVICES
 from .levers import ATTENTIONS, OPTIMIZERS
+from .reporting import HUB_STRATEGIES, REPORT_TO_CHOICES
 
 STAGES = ("language", "code")
 
@@ -77,6 +78,12 @@ class TrainOptions:
     save_total_limit: int = 2  # at least 2: the last sealed checkpoint stays while the next is written (run_safety.py)
     progress: bool = True
     time_budget: float | None = None  # minutes of training; the step count becomes an upper limit
+    report_to: list[str] = field(default_factory=lambda: ["auto"])  # trackers (reporting.py)
+    run_name: str | None = None  # the trackers' name for the run (default: the output folder's name)
+    push_to_hub: bool = False
+    hub_model_id: str | None = None  # default: the output folder's name
+    hub_private: bool = False
+    hub_strategy: str = "end"
 
     def fill_defaults(self, preset: str) -> "TrainOptions":
         """Fill every unset numeric option from the guide's command for this stage and preset."""
@@ -179,6 +186,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, stage: str | None = Non
     g.add_argument("--num-proc", type=int, help="processes for tokenising (default: one)")
     g.add_argument("--cache-dir", help="where tokenised datasets are cached (default ~/.cache/bashgpt/packed)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+    g = parser.add_argument_group("reporting and sharing")
+    g.add_argument("--report-to", nargs="+", choices=REPORT_TO_CHOICES, default=["auto"], metavar="TRACKER",
+                   help=f"experiment trackers Trainer logs to: {', '.join(REPORT_TO_CHOICES)} (default auto: "
+                        "TensorBoard where it is installed); each needs its package")
+    g.add_argument("--run-name", help="the run's name in the trackers (default: the output folder's name)")
+    g.add_argument("--push-to-hub", action="store_true",
+                   help="upload best/ (weights, tokenizer, model card) to the Hugging Face Hub at the end; checked "
+                        "before training (login, network)")
+    g.add_argument("--hub-model-id", metavar="USER/NAME", help="the Hub repository (default: the output folder's name)")
+    g.add_argument("--hub-private", action="store_true", help="create the Hub repository private")
+    g.add_argument("--hub-strategy", choices=HUB_STRATEGIES, default="end",
+                   help="end: push once at the end; every_best: also push each new best, in the background")
     return parser
 
 

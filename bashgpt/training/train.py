@@ -11,7 +11,6 @@
 """
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from .memory_plan import default_budget, levers_for_run
 from .options import LOSS_TARGETS, TrainOptions
 from .progress import ProgressLine
 from .report import model_card, plot_training_curves
+from .reporting import HubPusher, check_hub, trackers
 from .run_safety import (
     OOM_ADVICE,
     CheckpointSeal,
@@ -57,7 +57,7 @@ from .trainer import SafeTrainer
 
 # Options that may differ between a run and its --resume without making it another run.
 RESUME_MUTABLE = {"resume", "overwrite", "progress", "num_proc", "cache_dir", "device", "use_compile", "memory_budget",
-                  "attention"}  # a resumed run keeps the levers it recorded, whatever the budget
+                  "attention", "report_to", "run_name", "push_to_hub", "hub_model_id", "hub_private", "hub_strategy"}  # a resumed run keeps the levers it recorded, whatever the budget
 
 
 class Run:
@@ -197,8 +197,8 @@ def choose_tokenizer(opts: TrainOptions, ckpt_path: Path | None):
     return load_tokenizer(default_tokenizer_dir())
 
 
-def training_arguments(opts: TrainOptions, out: Path, device: str, precision, max_steps: int) -> TrainingArguments:
-    tensorboard = importlib.util.find_spec("tensorboard") is not None
+def training_arguments(opts: TrainOptions, out: Path, device: str, precision, max_steps: int,
+                       report_to: list[str]) -> TrainingArguments:
     fsdp = {}
     if opts.fsdp:  # FSDP2 through accelerate; one transformer block per unit (_no_split_modules)
         fsdp = {"fsdp": "full_shard auto_wrap",
@@ -232,7 +232,8 @@ def training_arguments(opts: TrainOptions, out: Path, device: str, precision, ma
         save_total_limit=opts.save_total_limit,
         logging_steps=max(1, min(10, max_steps // 50)),
         logging_first_step=True,
-        report_to=["tensorboard"] if tensorboard else "none",
+        report_to=report_to or "none",
+        run_name=opts.run_name or out.resolve().name,
         seed=opts.seed,
         data_seed=opts.seed,
         dataloader_pin_memory=device == "cuda",
@@ -254,6 +255,10 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     opts.fill_defaults(preset)
     validate(opts)
     out = Path(opts.output_dir)
+    report_to = trackers(opts.report_to)  # before any work: a missing package or an unreachable tracker
+    hub_repo = opts.hub_model_id or out.resolve().name
+    if opts.push_to_hub:
+        check_hub(hub_repo)
     device = resolve_device(opts.device)
     check_fsdp(opts, device)
     recorded = json.loads((out / "run.json").read_text()) if opts.resume and (out / "run.json").is_file() else None
@@ -265,7 +270,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     max_steps = opts.num_epochs * opts.steps_per_epoch
     if opts.resume and (done := finished_at(out, max_steps)) is not None:
         return already_complete(opts, out, done, max_steps)
-    args = training_arguments(opts, out, device, precision, max_steps)
+    args = training_arguments(opts, out, device, precision, max_steps, report_to)
     run = Run(out, is_main=args.process_index == 0)
     # One process checks, cleans and claims the folder; the others wait, then only look up the checkpoint.
     with args.main_process_first(desc="preparing the output folder"):
@@ -343,6 +348,8 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     advice = Advice(ledger, run.say, early_stopping=bool(opts.early_stopping))
     lineage = training_lineage(opts, ckpt_path)
 
+    pusher = HubPusher(hub_repo, opts.hub_private, opts.hub_strategy) if opts.push_to_hub and run.is_main else None
+
     def save_best(model_to_save, state):
         """Called on every process: gathering a sharded (--fsdp) model's weights takes them all."""
         weights = full_state_dict(model_to_save)  # None unless sharded
@@ -355,6 +362,8 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         (best_dir / "bashgpt_best.json").write_text(json.dumps({"step": state.global_step, "eval_loss": loss}))
         (best_dir / "bashgpt_training.json").write_text(json.dumps(lineage, indent=2) + "\n")
         run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}", console=False)
+        if pusher:
+            pusher.on_new_best(best_dir, state.global_step)
 
     best_loss = math.inf
     if resume_from and (best_dir / "bashgpt_best.json").is_file():
@@ -399,6 +408,12 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     if ledger.abort_reason:
         raise UserError(f"training stopped: {ledger.abort_reason}. {NAN_ADVICE}. "
                         f"The last good model is in {best_dir}; checkpoints in {out / 'checkpoints'}")
+    if pusher:
+        try:
+            run.say(f"pushed {best_dir} to {pusher.finish(best_dir, trainer.state.global_step)}")
+        except Exception as err:  # the network or the Hub failed after training: the model is safe on disk
+            raise UserError(f"pushing to the Hub failed ({type(err).__name__}: {err}); {best_dir} is complete: upload "
+                            f"it later with `hf upload {hub_repo} {best_dir}`") from None
     for line in closing_lines(opts.stage, preset, advice.eval_losses, summary):
         run.say(line)
     return summary
