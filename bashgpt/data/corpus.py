@@ -11,14 +11,13 @@ A source is one of:
 import ast
 import functools
 import os
-import socket
 import sysconfig
 from pathlib import Path
-from urllib.parse import urlparse
 
 import datasets
 
 from ..errors import UserError
+from ..network import hub_reachable
 
 TINYSTORIES = "roneneldan/TinyStories"
 STDLIB = "stdlib"
@@ -38,20 +37,6 @@ def text_column(ds: datasets.Dataset) -> str:
     if len(strings) == 1:
         return strings[0]
     raise CorpusError(f"cannot tell which column holds the text among {ds.column_names}; name one 'text'")
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers a TCP connection within ``timeout`` seconds."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(constants.ENDPOINT).hostname
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def offline_hint(name: str) -> str:

@@ -5,18 +5,17 @@ checked before any training and said in one line.
 
 import importlib.util
 import os
-import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import UserError
+from ..network import reachable
 
 # --report-to name -> the package Trainer's integration imports. "auto" (the default) is TensorBoard where it is
 # installed, else nothing; "none" is nothing.
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
 REPORT_TO_CHOICES = ("auto", "none", *TRACKERS)
 HUB_STRATEGIES = ("end", "every_best")  # push best/ once at the end, or also at every new best
-NETWORK_TIMEOUT = 5.0  # seconds a reachability check may take
 
 
 def installed(package: str) -> bool:
@@ -49,17 +48,6 @@ def trackers(report_to: list[str]) -> list[str]:
                                                                                          urlparse(uri).port):
         raise UserError(f"--report-to mlflow: cannot reach MLFLOW_TRACKING_URI={uri}; unset it to log to ./mlruns")
     return chosen
-
-
-def reachable(host: str | None, port: int | None = None) -> bool:
-    """Whether a TCP connection to ``host`` opens within ``NETWORK_TIMEOUT`` seconds."""
-    if not host:
-        return False
-    try:
-        with socket.create_connection((host, port or 443), timeout=NETWORK_TIMEOUT):
-            return True
-    except OSError:
-        return False
 
 
 def check_hub(repo_id: str) -> None:
