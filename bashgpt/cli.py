@@ -8,7 +8,6 @@ from pathlib import Path
 from .configuration_bashgpt import PRESETS
 from .devices import DEVICES
 from .errors import UserError
-from .training.levers import ATTENTIONS, OPTIMIZERS
 
 
 def cmd_collect(args):
@@ -197,8 +196,11 @@ def cmd_estimate(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from transformers import HfArgumentParser
+
     from .data.cache_dirs import cache_root, packed_cache_dir
     from .data.tokenization import default_tokenizer_dir
+    from .training.options import HelpFormatter, MemoryLevers, defaults_table, train_parser
 
     parser = argparse.ArgumentParser(
         prog="bashgpt", description="Train your own GPT-style model that writes bash. New here? Run: bashgpt quickstart",
@@ -222,12 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=1024, help="sequence length for the summary's sequence count")
     p.set_defaults(func=cmd_collect)
 
-    from .training.options import add_train_arguments
-
     p = sub.add_parser("train", help="train a stage: --stage language (TinyStories) or --stage code (bash)",
                        description="Train on HF Trainer with NaN-skipping, loss clamping, best-model saving and resume. "
-                                   "Numeric defaults follow the reference guide's command for the stage and size.")
-    add_train_arguments(p)
+                                   "Numeric defaults follow the reference guide's command for the stage and size.",
+                       parents=[train_parser(add_help=False)], formatter_class=HelpFormatter, epilog=defaults_table())
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="write bash with a trained model, line by line syntax-checked (never run)")
@@ -269,20 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("estimate", help="memory by part, whether it fits, FLOPs and time per step, before training",
+                       parents=[HfArgumentParser(MemoryLevers, add_help=False)],  # the same flags as train's
                        description="Estimate a run's memory (weights, gradients, optimizer state, activations) and "
                                    "step time from this device's measured matmul rate.")
     p.add_argument("--model-size", choices=list(PRESETS), required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    p.add_argument("--use-amp", action="store_true", help="bf16 autocast")
-    p.add_argument("--use-gradient-checkpointing", action="store_true")
-    p.add_argument("--optim", choices=list(OPTIMIZERS), help="the optimizer (default adamw; see bashgpt train --help)")
-    p.add_argument("--attention", choices=ATTENTIONS, default="auto",
-                   help="training attention (auto: query-chunked on MPS, sdpa elsewhere)")
-    p.add_argument("--memory-budget", metavar="SIZE",
-                   help="e.g. 18GB: list every combination of memory levers with its peak and cost, and pick the "
-                        "fastest that fits")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_estimate)
 

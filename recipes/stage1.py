@@ -7,7 +7,7 @@
 
 import sys
 
-from bashgpt.training.recipe import main
+from bashgpt.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main("language", __doc__))
+if __name__ == "__main__":  # `bashgpt train --stage language` with the flags given here
+    sys.exit(main(["train", "--stage", "language", *sys.argv[1:]]))

@@ -99,17 +99,16 @@ def test_optimizer_that_cannot_run_here_is_named_with_its_fix(monkeypatch):
 
 
 def test_missing_package_refuses_training_before_anything_is_written(tmp_path, monkeypatch, capsys):
-    from bashgpt.training.recipe import main as recipe_main
 
     real = levers_module.importlib.util.find_spec
     monkeypatch.setattr(levers_module.importlib.util, "find_spec",
                         lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     out = tmp_path / "run"
-    assert recipe_main("language", argv=["--model-size", "nano", "--dataset", "stdlib", "--output-dir", str(out),
+    assert main(["train", "--stage", "language", "--model-size", "nano", "--dataset", "stdlib", "--output-dir", str(out),
                                          "--optim", "adamw-8bit", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bitsandbytes" in err[0] and "pip install" in err[0]
-    assert recipe_main("language", argv=["--model-size", "large", "--dataset", "stdlib", "--output-dir", str(out),
+    assert main(["train", "--stage", "language", "--model-size", "large", "--dataset", "stdlib", "--output-dir", str(out),
                                          "--memory-budget", "3GB", "--device", "cpu"]) == 2
     assert "nothing fits" in capsys.readouterr().err
     assert not out.exists()

@@ -221,7 +221,6 @@ def folder_snapshot(folder: Path) -> dict:
 
 
 def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
-    from bashgpt.training.recipe import main as recipe_main
 
     run_training(options(tmp_path, num_epochs=1))
     before = folder_snapshot(tmp_path / "run")
@@ -231,7 +230,7 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
             "--batch-size", "2", "--num-epochs", "1", "--steps-per-epoch", "3", "--learning-rate", "1e-3",
             "--warmup-steps", "1", "--seq-len", "32", "--eval-blocks", "4", "--device", "cpu", "--seed", "7",
             "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--resume"]
-    assert recipe_main("language", argv=argv) == 0
+    assert main(["train", "--stage", "language", *argv]) == 0
     assert "already complete (step 3 of 3)" in capsys.readouterr().err
     assert folder_snapshot(tmp_path / "run") == before  # no checkpoint-4, no log line, no new best/
 
@@ -471,6 +470,13 @@ def test_console_shows_one_progress_line_and_one_line_per_validation(tmp_path, c
     else:  # one plain line per log event, for log files
         lines = [line for line in err.splitlines() if line.startswith("[bashgpt] step ") and "ETA" in line]
         assert lines and re.search(r"step 6/6 · epoch 2/2 · loss \d+\.\d{3} · lr \S+ · [\d,]+ tok/s · ETA 0:00", lines[-1])
+        # the console and log.jsonl give the same throughput, step for step (measured once: callbacks.Throughput)
+        console = {int(m[1]): int(m[2].replace(",", "")) for line in lines
+                   if (m := re.search(r"step (\d+)/\d+ .* ([\d,]+) tok/s", line))}
+        logged = {r["step"]: r["tokens_per_s"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").open())
+                  if "tokens_per_s" in r}
+        assert console and console.keys() == logged.keys()
+        assert all(abs(console[step] - logged[step]) <= 0.55 for step in console), (console, logged)  # 0 vs 1 decimal
 
 
 def test_resumed_time_budget_and_early_stopping_go_on_where_the_checkpoint_was(tmp_path, monkeypatch):

@@ -67,32 +67,49 @@ class TimeBudget(TrainerCallback):
         return warm * (0.1 + 0.45 * (1.0 + math.cos(math.pi * self.fraction)))
 
 
+class Throughput(TrainerCallback):
+    """Tokens per second of the optimizer steps themselves (validation and saving left out), measured here once for
+    the console (progress.py) and ``log.jsonl``, which ask for it when a training loss is logged."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.window = [0.0, 0]  # seconds in optimizer steps, and steps, since the last reading
+        self.step_began = 0.0
+        self.value, self.read_at = None, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.window[0] += time.perf_counter() - self.step_began
+        self.window[1] += 1
+
+    def tokens_per_s(self, step: int) -> float | None:
+        """The rate over the steps since the last reading (the same figure to every reader at one step)."""
+        if step != self.read_at and self.window[1]:
+            seconds, steps = self.window
+            self.value, self.read_at, self.window = steps * self.tokens_per_step / max(seconds, 1e-9), step, [0.0, 0]
+        return self.value
+
+
 class JsonlLog(TrainerCallback):
     """One JSON line per log event: loss, eval loss, lr, grad norm, tokens/s, skipped steps, peak memory."""
 
-    def __init__(self, path: Path, tokens_per_step: int, steps_per_epoch: int, device: str, ledger, is_main: bool):
+    def __init__(self, path: Path, throughput: Throughput, steps_per_epoch: int, device: str, ledger, is_main: bool):
         self.path = path
         self.steps_per_epoch = steps_per_epoch
-        self.tokens_per_step = tokens_per_step
+        self.throughput = throughput
         self.device = device
         self.ledger = ledger
         self.is_main = is_main
-        self.last_time = None
-        self.last_step = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.last_time, self.last_step = time.perf_counter(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.is_main or not logs:
             return
-        now = time.perf_counter()
         record = {"step": state.global_step, "epoch": round(state.global_step / self.steps_per_epoch, 3)}
         record.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()})
-        if "loss" in logs and state.global_step > self.last_step:
-            record["tokens_per_s"] = round(self.tokens_per_step * (state.global_step - self.last_step)
-                                           / max(now - self.last_time, 1e-9), 1)
-            self.last_time, self.last_step = now, state.global_step
+        if "loss" in logs and (rate := self.throughput.tokens_per_s(state.global_step)) is not None:
+            record["tokens_per_s"] = round(rate, 1)
         record["skipped_steps"] = self.ledger.skipped_total
         record["peak_memory_gb"] = round(peak_memory_bytes(self.device) / 2**30, 3)
         with open(self.path, "a") as f:

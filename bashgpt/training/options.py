@@ -2,6 +2,9 @@
 
 import argparse
 from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from transformers import HfArgumentParser
 
 from ..configuration_bashgpt import PRESETS
 from ..data.corpus import STDLIB, TINYSTORIES
@@ -9,7 +12,7 @@ from ..devices import DEVICES
 from .levers import ATTENTIONS, OPTIMIZERS
 from .reporting import HUB_STRATEGIES, REPORT_TO_CHOICES
 
-STAGES = ("language", "code")
+SAVE_TOTAL_LIMIT = 2  # checkpoints kept; at least 2: the last sealed one stays while the next is written
 
 # The guide's recommended commands, per stage and preset:
 # (batch size, epochs, steps per epoch, learning rate, warmup steps). nano is ours (CPU demos).
@@ -36,54 +39,127 @@ LOSS_TARGETS = {
 }
 
 
+def option(default=None, help: str | None = None, **argparse_kwargs):
+    """A training option: its default, and its --help (and argparse's choices, metavar...) for HfArgumentParser."""
+    metadata = {"help": help, **argparse_kwargs}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# The options in the groups --help shows them in; TrainOptions has them all. Each is defined here once: its flag
+# (kebab-case, from the name), type, default and help come from the field.
 @dataclass
-class TrainOptions:
-    stage: str = "language"
-    model_size: str | None = None  # default: tiny, or the checkpoint's size
-    dataset: str | None = None  # default: TinyStories (language); required for code
-    output_dir: str | None = None
-    checkpoint: str | None = None
-    tokenizer: str | None = None
-    batch_size: int | None = None
-    num_epochs: int | None = None
-    steps_per_epoch: int | None = None
-    learning_rate: float | None = None
-    warmup_steps: int | None = None
-    gradient_accumulation_steps: int = 1
-    seq_len: int | None = None
-    eval_steps: int | None = None
-    eval_blocks: int = 200
-    early_stopping: int | None = None  # stop after this many validations in a row without a new best
-    lr_schedule: str = "constant"
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    loss_clamp: float | None = 20.0
-    max_skip_fraction: float = 0.05
-    max_consecutive_skips: int = 5
-    use_compile: bool = False
-    use_amp: bool = False
-    use_gradient_checkpointing: bool = False
-    use_rmsnorm: bool = False
-    use_rope: bool = False
-    optim: str | None = None  # default adamw; --memory-budget may choose another
-    attention: str = "auto"
-    memory_budget: str | None = None  # e.g. "18GB"; default on MPS: half of the machine's memory
-    fsdp: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    seed: int = 42
-    device: str = "auto"
-    num_proc: int | None = None
-    cache_dir: str | None = None
-    save_total_limit: int = 2  # at least 2: the last sealed checkpoint stays while the next is written (run_safety.py)
-    progress: bool = True
-    time_budget: float | None = None  # minutes of training; the step count becomes an upper limit
-    report_to: list[str] = field(default_factory=lambda: ["auto"])  # trackers (reporting.py)
-    run_name: str | None = None  # the trackers' name for the run (default: the output folder's name)
-    push_to_hub: bool = False
-    hub_model_id: str | None = None  # default: the output folder's name
-    hub_private: bool = False
-    hub_strategy: str = "end"
+class WhatToTrain:
+    _argument_group_name = "what to train"
+    stage: Literal["language", "code"] = option(
+        "language", "language = stage 1 pretraining on English; code = stage 2 fine-tuning on bash")
+    model_size: str | None = option(None, "size preset (default tiny; at stage 2 the checkpoint's size)",
+                                    choices=list(PRESETS))
+    dataset: str | None = option(None, f"Hub name (default {TINYSTORIES} at stage 1), a local file or folder, a "
+                                       f"'bashgpt collect' folder (stage 2), or '{STDLIB}' for offline English")
+    checkpoint: str | None = option(None, "stage-1 output folder (its best/), or a legacy .pth / .npz state dict")
+    tokenizer: str | None = option(None, "tokenizer folder (default: the checkpoint's, else the repository's "
+                                         "tokenizer/); a new model gets its vocabulary size (rounded up to a multiple "
+                                         "of 64)")
+    output_dir: str | None = option(None, "where checkpoints, best/, logs and plots go (default runs/STAGE-SIZE)")
+
+
+@dataclass
+class Schedule:
+    _argument_group_name = "schedule (unset: the guide's command for the stage and size, below)"
+    batch_size: int | None = option(None, "sequences per device per step")
+    num_epochs: int | None = option(None, "epochs; an epoch is --steps-per-epoch optimizer steps")
+    steps_per_epoch: int | None = option(None, "optimizer steps per epoch")
+    learning_rate: float | None = option(None, "peak learning rate")
+    warmup_steps: int | None = option(None, "linear warmup steps, then constant (or cosine decay)")
+    lr_schedule: Literal["constant", "cosine"] = option(
+        "constant", "after warmup: constant (the guide) or cosine decay to 0")
+    gradient_accumulation_steps: int = option(
+        1, "micro-batches per optimizer step (effective batch = batch size x this x processes)")
+    seq_len: int | None = option(None, "tokens per training sequence (unset: 1024; nano 256)")
+    eval_steps: int | None = option(None, "validate every N steps (unset: once per epoch)")
+    eval_blocks: int = option(200, "validation sequences used per evaluation")
+    early_stopping: int | None = option(
+        None, "stop once N validations in a row bring no new best validation loss (best/ keeps the best)", metavar="N")
+    weight_decay: float = option(0.1, "AdamW weight decay (never on biases or norms)")
+    seed: int = option(42, "seed of the weights, the data order and dropout")
+
+
+@dataclass
+class Stability:
+    _argument_group_name = "stability"
+    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)")
+    loss_clamp: float | None = option(20.0, "scale losses above this down to it, keeping the gradient direction "
+                                            "(0 = off)")
+    max_skip_fraction: float = option(0.05, "abort when more than this share of the last 100 updates were skipped "
+                                            "for NaN/inf")
+    max_consecutive_skips: int = option(5, "abort after this many skipped updates in a row")
+
+
+@dataclass
+class MemoryLevers:
+    """What trades speed for memory; `bashgpt estimate` takes the same options."""
+
+    _argument_group_name = "memory levers"
+    use_amp: bool = option(False, "mixed precision: bf16 on CPU, Ampere+ CUDA and MPS (macOS 14+); fp16 on older CUDA")
+    use_gradient_checkpointing: bool = option(False, "recompute activations: less memory, ~30%% slower")
+    optim: str | None = option(None, "adamw (fused, float32: 16 bytes/parameter; the default), adamw-8bit "
+                                     "(bitsandbytes, CPU and CUDA: 10), adamw-bf16 (bf16 weights with Kahan summation, "
+                                     "torch-optimi: 10), adafactor (~8)", choices=list(OPTIMIZERS))
+    attention: str = option("auto", "training attention: auto = query-chunked on MPS (its sdpa keeps T x T "
+                                    "matrices), sdpa elsewhere", choices=list(ATTENTIONS))
+    memory_budget: str | None = option(None, "e.g. 18GB: pick the fastest memory levers (optimizer, checkpointing, "
+                                             "autocast) whose predicted peak fits, before any work; levers you give "
+                                             "are kept (unset on MPS: half of the memory)", metavar="SIZE")
+
+
+@dataclass
+class Architecture:
+    _argument_group_name = "architecture and speed"
+    use_rmsnorm: bool = option(False, "RMSNorm instead of LayerNorm (architecture: stage 1 only)")
+    use_rope: bool = option(False, "rotary instead of learned positions (architecture: stage 1 only)")
+    use_compile: bool = option(False, "torch.compile the model (pays off on long runs)")
+    fsdp: bool = option(False, "several CUDA GPUs: shard weights, gradients and optimizer state (FSDP2, one block "
+                               "per unit)")
+
+
+@dataclass
+class RunControl:
+    _argument_group_name = "run"
+    resume: bool = option(False, "continue the run in --output-dir from its last complete checkpoint")
+    time_budget: float | None = option(None, "stop after this many minutes of training, then validate and save "
+                                             "best/; the learning rate decays over the time instead of the steps, and "
+                                             "the step count is only an upper limit", metavar="MINUTES")
+    overwrite: bool = option(False, "start afresh in an --output-dir that holds another run")
+    device: str = option("auto", "auto picks MPS, then CUDA, then CPU", choices=list(DEVICES))
+    num_proc: int | None = option(None, "processes for tokenising (unset: one)")
+    cache_dir: str | None = option(None, "where tokenised datasets are cached (unset: ~/.cache/bashgpt/packed)")
+    progress: bool = option(True, "the live progress line (--no-progress: none)")
+
+
+@dataclass
+class Reporting:
+    _argument_group_name = "reporting and sharing"
+    report_to: list[str] = option(["auto"], f"experiment trackers Trainer logs to: {', '.join(REPORT_TO_CHOICES)} "
+                                            "(auto: TensorBoard where it is installed); each needs its package",
+                                  choices=list(REPORT_TO_CHOICES), metavar="TRACKER")
+    run_name: str | None = option(None, "the run's name in the trackers (unset: the output folder's name)")
+    push_to_hub: bool = option(False, "upload best/ (weights, tokenizer, model card) to the Hugging Face Hub at the "
+                                      "end; checked before training (login, network)")
+    hub_model_id: str | None = option(None, "the Hub repository (unset: the output folder's name)",
+                                      metavar="USER/NAME")
+    hub_private: bool = option(False, "create the Hub repository private")
+    hub_strategy: str = option("end", "end: push once at the end; every_best: also push each new best, in the "
+                                      "background", choices=list(HUB_STRATEGIES))
+
+
+TRAIN_GROUPS = (WhatToTrain, Schedule, Stability, MemoryLevers, Architecture, RunControl, Reporting)
+
+
+@dataclass
+class TrainOptions(Reporting, RunControl, Architecture, MemoryLevers, Stability, Schedule, WhatToTrain):
+    """Every training option (the groups above; fields in --help order)."""
 
     def fill_defaults(self, preset: str) -> "TrainOptions":
         """Fill every unset numeric option from the guide's command for this stage and preset."""
@@ -115,96 +191,21 @@ def defaults_table() -> str:
     return "\n".join(lines)
 
 
-def add_train_arguments(parser: argparse.ArgumentParser, stage: str | None = None) -> argparse.ArgumentParser:
-    """The training flags; ``stage`` fixes --stage's default (the recipes)."""
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = defaults_table()
-    g = parser.add_argument_group("what to train")
-    g.add_argument("--stage", choices=STAGES, default=stage or "language",
-                   help="language = stage 1 pretraining on English; code = stage 2 fine-tuning on bash")
-    g.add_argument("--model-size", choices=list(PRESETS),
-                   help="size preset (default tiny; at stage 2 the checkpoint's size)")
-    g.add_argument("--dataset", help=f"Hub name (default {TINYSTORIES} at stage 1), a local file or folder, "
-                                     f"a 'bashgpt collect' folder (stage 2), or '{STDLIB}' for offline English")
-    g.add_argument("--checkpoint", help="stage-1 output folder (its best/), or a legacy .pth / .npz state dict")
-    g.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's, else the repository's tokenizer/); a new model "
-                   "gets its vocabulary size (rounded up to a multiple of 64)")
-    g.add_argument("--output-dir", help="where checkpoints, best/, logs and plots go (default runs/STAGE-SIZE)")
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag's help; the epilog (the defaults table) as written."""
 
-    g = parser.add_argument_group("schedule (defaults: the guide's command for the stage and size)")
-    g.add_argument("--batch-size", type=int, help="sequences per device per step")
-    g.add_argument("--num-epochs", type=int, help="epochs; an epoch is --steps-per-epoch optimizer steps")
-    g.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch")
-    g.add_argument("--learning-rate", type=float, help="peak learning rate")
-    g.add_argument("--warmup-steps", type=int, help="linear warmup steps, then constant (or cosine decay)")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="after warmup: constant (the guide) or cosine decay to 0")
-    g.add_argument("--gradient-accumulation-steps", type=int, default=1,
-                   help="micro-batches per optimizer step (effective batch = batch size x this x processes)")
-    g.add_argument("--seq-len", type=int, help="tokens per training sequence (default 1024; nano 256)")
-    g.add_argument("--eval-steps", type=int, help="validate every N steps (default: once per epoch)")
-    g.add_argument("--eval-blocks", type=int, default=200, help="validation sequences used per evaluation")
-    g.add_argument("--early-stopping", type=int, metavar="N",
-                   help="stop once N validations in a row bring no new best validation loss (best/ keeps the best)")
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--seed", type=int, default=42)
 
-    g = parser.add_argument_group("stability")
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
-    g.add_argument("--loss-clamp", type=float, default=20.0,
-                   help="scale losses above this down to it, keeping the gradient direction (0 = off)")
-    g.add_argument("--max-skip-fraction", type=float, default=0.05,
-                   help="abort when more than this share of the last 100 updates were skipped for NaN/inf")
-    g.add_argument("--max-consecutive-skips", type=int, default=5, help="abort after this many skipped updates in a row")
-
-    g = parser.add_argument_group("optimisations")
-    g.add_argument("--use-compile", action="store_true", help="torch.compile the model (pays off on long runs)")
-    g.add_argument("--use-amp", action="store_true",
-                   help="mixed precision: bf16 on CPU, Ampere+ CUDA and MPS (macOS 14+); fp16 on older CUDA")
-    g.add_argument("--use-gradient-checkpointing", action="store_true", help="recompute activations: less memory, ~30%% slower")
-    g.add_argument("--optim", choices=list(OPTIMIZERS),
-                   help="adamw (fused, float32: 16 bytes/parameter; the default), adamw-8bit (bitsandbytes, CPU and CUDA: "
-                        "10), adamw-bf16 (bf16 weights with Kahan summation, torch-optimi: 10), adafactor (~8)")
-    g.add_argument("--attention", choices=ATTENTIONS, default="auto",
-                   help="training attention: auto = query-chunked on MPS (its sdpa keeps T x T matrices), sdpa elsewhere")
-    g.add_argument("--memory-budget", metavar="SIZE",
-                   help="e.g. 18GB: pick the fastest memory levers (optimizer, checkpointing, autocast) whose predicted "
-                        "peak fits, before any work; flags you give are kept (default on MPS: half of the memory)")
-    g.add_argument("--fsdp", action="store_true",
-                   help="several CUDA GPUs: shard weights, gradients and optimizer state (FSDP2, one block per unit)")
-    g.add_argument("--use-rmsnorm", action="store_true", help="RMSNorm instead of LayerNorm (architecture: stage 1 only)")
-    g.add_argument("--use-rope", action="store_true", help="rotary instead of learned positions (architecture: stage 1 only)")
-
-    g = parser.add_argument_group("run")
-    g.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
-    g.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="stop after this many minutes of training, then validate and save best/; the learning "
-                        "rate decays over the time instead of the steps, and the step count is only an upper limit")
-    g.add_argument("--overwrite", action="store_true", help="start afresh in an --output-dir that holds another run")
-    g.add_argument("--device", choices=DEVICES, default="auto",
-                   help="auto picks MPS, then CUDA, then CPU")
-    g.add_argument("--num-proc", type=int, help="processes for tokenising (default: one)")
-    g.add_argument("--cache-dir", help="where tokenised datasets are cached (default ~/.cache/bashgpt/packed)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-
-    g = parser.add_argument_group("reporting and sharing")
-    g.add_argument("--report-to", nargs="+", choices=REPORT_TO_CHOICES, default=["auto"], metavar="TRACKER",
-                   help=f"experiment trackers Trainer logs to: {', '.join(REPORT_TO_CHOICES)} (default auto: "
-                        "TensorBoard where it is installed); each needs its package")
-    g.add_argument("--run-name", help="the run's name in the trackers (default: the output folder's name)")
-    g.add_argument("--push-to-hub", action="store_true",
-                   help="upload best/ (weights, tokenizer, model card) to the Hugging Face Hub at the end; checked "
-                        "before training (login, network)")
-    g.add_argument("--hub-model-id", metavar="USER/NAME", help="the Hub repository (default: the output folder's name)")
-    g.add_argument("--hub-private", action="store_true", help="create the Hub repository private")
-    g.add_argument("--hub-strategy", choices=HUB_STRATEGIES, default="end",
-                   help="end: push once at the end; every_best: also push each new best, in the background")
+def train_parser(description: str | None = None, stage: str | None = None, **kwargs) -> HfArgumentParser:
+    """The training flags, parsed from TrainOptions' fields; ``stage`` fixes --stage's default (the recipes)."""
+    parser = HfArgumentParser(TRAIN_GROUPS, description=description, formatter_class=HelpFormatter,
+                              epilog=defaults_table(), **kwargs)
+    if stage:
+        parser.set_defaults(stage=stage)
     return parser
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    names = {f.name for f in fields(TrainOptions)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    if values.get("loss_clamp") == 0:
-        values["loss_clamp"] = None
-    return TrainOptions(**values)
+    options = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)})
+    if options.loss_clamp == 0:
+        options.loss_clamp = None
+    return options

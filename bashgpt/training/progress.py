@@ -35,11 +35,11 @@ class ProgressLine(TrainerCallback):
     """Live line: step/total, guide epoch, loss, lr, tokens/s, ETA. Without a bar (``--no-progress``),
     the same facts as one plain line per log event, for log files."""
 
-    def __init__(self, steps_per_epoch: int, num_epochs: int, tokens_per_step: int, say, live: bool,
+    def __init__(self, steps_per_epoch: int, num_epochs: int, throughput, say, live: bool,
                  is_main: bool, best=None, budget=None):
         self.steps_per_epoch = steps_per_epoch
         self.num_epochs = num_epochs
-        self.tokens_per_step = tokens_per_step
+        self.throughput = throughput  # callbacks.Throughput: tokens/s, the figure log.jsonl records too
         self.say = say
         self.live = live
         self.is_main = is_main
@@ -48,9 +48,6 @@ class ProgressLine(TrainerCallback):
         self.bar = None
         self.eval_bar = None
         self.start = (0.0, 0)  # (time, step) when this process began training: the ETA excludes resumed steps
-        self.step_began = 0.0
-        self.window = [0.0, 0]  # seconds spent in optimizer steps and steps taken since the last log
-        self.tokens_per_s = None
         self.hf_bars_were_on = True
 
     @staticmethod
@@ -70,12 +67,8 @@ class ProgressLine(TrainerCallback):
             out.append(f"loss {logs['loss']:.3f}")
         if "learning_rate" in logs:
             out.append(f"lr {logs['learning_rate']:.1e}")
-        seconds, steps = self.window
-        if steps:  # throughput of the training steps themselves, since the last log
-            self.tokens_per_s = steps * self.tokens_per_step / max(seconds, 1e-9)
-            self.window = [0.0, 0]
-        if self.tokens_per_s is not None:
-            out.append(f"{self.tokens_per_s:,.0f} tok/s")
+        if "loss" in logs and (rate := self.throughput.tokens_per_s(step)) is not None:
+            out.append(f"{rate:,.0f} tok/s")
         return out
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -89,9 +82,6 @@ class ProgressLine(TrainerCallback):
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", bar_format=BAR_FORMAT,
                             dynamic_ncols=True, file=sys.stderr)
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.step_began = time.perf_counter()
-
     def expected_steps(self, state) -> int:
         """max_steps, or under a time budget the step the deadline will come at (at the rate so far)."""
         if self.budget is None:
@@ -100,8 +90,6 @@ class ProgressLine(TrainerCallback):
         return max(state.global_step, min(state.max_steps, round(expected)))
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.window[0] += time.perf_counter() - self.step_began
-        self.window[1] += 1
         if self.bar is not None:
             if self.budget is not None:
                 self.bar.total = self.expected_steps(state)

@@ -30,13 +30,13 @@ from ..devices import choose_precision, resolve_device
 from ..errors import UserError
 from ..inference.modelio import save_model_folder
 from ..inference.sampling import default_generation_config
-from .callbacks import Advice, BestModelSaver, EarlyStop, EpochBoundary, JsonlLog, TimeBudget
+from .callbacks import Advice, BestModelSaver, EarlyStop, EpochBoundary, JsonlLog, Throughput, TimeBudget
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .cpu_memory import keep_large_allocations_on_heap, return_freed_memory
 from .estimate import estimate, fit_advice
 from .levers import apply_to_model, optimizer_cls_and_kwargs
 from .memory_plan import default_budget, levers_for_run
-from .options import LOSS_TARGETS, TrainOptions
+from .options import LOSS_TARGETS, SAVE_TOTAL_LIMIT, TrainOptions
 from .progress import ProgressLine
 from .report import model_card, plot_training_curves
 from .reporting import HubPusher, check_hub, trackers
@@ -229,7 +229,7 @@ def training_arguments(opts: TrainOptions, out: Path, device: str, precision, ma
         eval_steps=opts.eval_steps,
         save_strategy="steps",
         save_steps=opts.eval_steps,
-        save_total_limit=opts.save_total_limit,
+        save_total_limit=SAVE_TOTAL_LIMIT,
         logging_steps=max(1, min(10, max_steps // 50)),
         logging_first_step=True,
         report_to=report_to or "none",
@@ -371,7 +371,8 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     tokens_per_step = effective_batch * opts.seq_len
     saver = BestModelSaver(save_best, best_loss)
     budget = TimeBudget(opts.time_budget * 60, opts.warmup_steps) if opts.time_budget else None
-    progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, tokens_per_step, run.say, opts.progress,
+    throughput = Throughput(tokens_per_step)
+    progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, throughput, run.say, opts.progress,
                             run.is_main, saver, budget)  # before the saver in the list: it asks, then the saver updates
     early = [EarlyStop(opts.early_stopping, saver, run.say)] if opts.early_stopping else []
     stateful = {"time_budget": budget, "early_stopping": early[0] if early else None, "skip_ledger": ledger}
@@ -379,7 +380,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     if resume_from:
         restore_states(Path(resume_from), stateful)
     callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch), CheckpointSeal(stateful),
-                 JsonlLog(out / "log.jsonl", tokens_per_step, opts.steps_per_epoch, device, ledger, run.is_main),
+                 throughput, JsonlLog(out / "log.jsonl", throughput, opts.steps_per_epoch, device, ledger, run.is_main),
                  progress, advice, *early, saver, *extra_callbacks]  # early asks the saver before it updates
     stopper = GracefulStop(run.say)
     trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
