@@ -595,3 +595,16 @@ def test_push_to_hub_uploads_best_at_each_new_best_and_at_the_end(tmp_path, monk
     uploads = [c for c in calls if c[0] == "upload"]
     assert uploads[-1] == ("upload", "me/bash-nano", False) and len(uploads) >= 2  # new bests in the background
     assert all(future for _, _, future in uploads[:-1])
+
+
+def test_quiet_keeps_warnings_on_the_console_and_everything_in_train_log(tmp_path, capsys):
+    run_training(options(tmp_path, num_epochs=1, quiet=True, stage="code",
+                         dataset=str(write_corpus(tmp_path / "bash", "bash"))))
+    err = capsys.readouterr().err
+    assert "stage 2 without --checkpoint" in err  # a warning still shows
+    said = [line for line in err.splitlines() if line.startswith("[bashgpt]")]
+    assert said and all(line.startswith("[bashgpt] warning:") for line in said)
+    assert "steps, epoch" not in err  # no progress line
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "validation loss" in log and "stage 2 without --checkpoint" not in log  # said before the run's log opened
+    assert "new best validation loss" in log  # the details the console never shows

@@ -135,7 +135,8 @@ class RunControl:
     device: str = option("auto", "auto picks MPS, then CUDA, then CPU", choices=list(DEVICES))
     num_proc: int | None = option(None, "processes for tokenising (unset: one)")
     cache_dir: str | None = option(None, "where tokenised datasets are cached (unset: ~/.cache/bashgpt/packed)")
-    progress: bool = option(True, "the live progress line (--no-progress: none)")
+    progress: bool = option(True, "the live progress line (--no-progress: a plain line per log instead)")
+    quiet: bool = option(False, "warnings and errors only on the console (no progress); OUTPUT/train.log keeps all")
 
 
 @dataclass

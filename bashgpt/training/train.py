@@ -12,6 +12,7 @@
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments, default_data_collator
 
-from .. import BashGPTConfig, BashGPTForCausalLM
+from .. import BashGPTConfig, BashGPTForCausalLM, logs
 from ..data.cache_dirs import packed_cache_dir
 from ..data.corpus import load_corpus
 from ..data.packing import packed_splits, split_stats
@@ -30,6 +31,7 @@ from ..devices import choose_precision, resolve_device
 from ..errors import UserError
 from ..inference.modelio import save_model_folder
 from ..inference.sampling import default_generation_config
+from ..logs import LOGGER
 from .callbacks import Advice, BestModelSaver, EarlyStop, EpochBoundary, JsonlLog, Throughput, TimeBudget
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .cpu_memory import keep_large_allocations_on_heap, return_freed_memory
@@ -57,26 +59,38 @@ from .trainer import SafeTrainer
 
 # Options that may differ between a run and its --resume without making it another run.
 RESUME_MUTABLE = {"resume", "overwrite", "progress", "num_proc", "cache_dir", "device", "use_compile", "memory_budget",
-                  "attention", "report_to", "run_name", "push_to_hub", "hub_model_id", "hub_private", "hub_strategy"}  # a resumed run keeps the levers it recorded, whatever the budget
+                  "attention", "report_to", "run_name", "push_to_hub", "hub_model_id", "hub_private", "hub_strategy", "quiet"}  # a resumed run keeps the levers it recorded, whatever the budget
 
 
 class Run:
-    """Where a run writes, and how it talks."""
+    """Where a run writes, and how it talks: through the ``bashgpt`` logger (logs.py), to the console and, while
+    the run is entered, to OUTPUT/train.log (opened at the first message). Only the main process talks."""
 
     def __init__(self, output_dir: Path, is_main: bool = True):
         self.dir = output_dir
         self.is_main = is_main
+        self.file = None
+
+    def __enter__(self) -> "Run":
+        if self.is_main:
+            self.file = logs.log_file(self.dir / "train.log")
+            self.file.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.__exit__(*exc)
+            self.file = None
 
     def say(self, message: str, console: bool = True) -> None:
-        """Print (above any live progress line) and keep in OUTPUT/train.log; ``console=False``: the log only."""
-        if not self.is_main:
-            return
-        if console:
-            from tqdm.auto import tqdm
+        """On the console (above any live progress line) and in the run's log; ``console=False``: the log only."""
+        if self.is_main:
+            LOGGER.log(logging.INFO if console else logging.DEBUG, message)
 
-            tqdm.write(f"[bashgpt] {message}", file=sys.stderr)
-        with open(self.dir / "train.log", "a") as f:
-            f.write(message + "\n")
+    def warn(self, message: str) -> None:
+        """A warning ("warning: ..."): shown even with --quiet."""
+        if self.is_main:
+            LOGGER.warning(message)
 
 
 def validate(opts: TrainOptions) -> None:
@@ -121,7 +135,7 @@ def plan_model(opts: TrainOptions):
         check_architecture(config, opts.model_size, opts.use_rmsnorm, opts.use_rope, f"checkpoint {path}")
         return config, preset_of(config) or "tiny", path, state
     if opts.stage == "code":
-        print("[bashgpt] warning: stage 2 without --checkpoint trains a new model from scratch on bash", file=sys.stderr)
+        LOGGER.warning("warning: stage 2 without --checkpoint trains a new model from scratch on bash")
     preset = opts.model_size or "tiny"
     config = BashGPTConfig.from_preset(preset, norm_type="rmsnorm" if opts.use_rmsnorm else "layernorm",
                                        position_embedding_type="rope" if opts.use_rope else "learned")
@@ -244,6 +258,7 @@ def training_arguments(opts: TrainOptions, out: Path, device: str, precision, ma
 
 def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     """Train one stage end to end; returns a summary (paths, losses, steps, skipped updates)."""
+    logs.set_quiet(opts.quiet)
     validate(opts)
     config, preset, ckpt_path, legacy_state = plan_model(opts)
     tokenizer = choose_tokenizer(opts, ckpt_path)
@@ -272,160 +287,162 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         return already_complete(opts, out, done, max_steps)
     args = training_arguments(opts, out, device, precision, max_steps, report_to)
     run = Run(out, is_main=args.process_index == 0)
-    # One process checks, cleans and claims the folder; the others wait, then only look up the checkpoint.
-    with args.main_process_first(desc="preparing the output folder"):
-        if run.is_main:
-            resume_from = prepare_output_dir(opts)
-            (out / "run.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
-            if resume_from:
-                truncate_log(out / "log.jsonl", int(Path(resume_from).name.split("-")[-1]))
+    with run:  # its messages also go to OUTPUT/train.log until it ends, however it ends
+        # One process checks, cleans and claims the folder; the others wait, then only look up the checkpoint.
+        with args.main_process_first(desc="preparing the output folder"):
+            if run.is_main:
+                resume_from = prepare_output_dir(opts)
+                (out / "run.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
+                if resume_from:
+                    truncate_log(out / "log.jsonl", int(Path(resume_from).name.split("-")[-1]))
+            else:
+                resume_from = last_checkpoint(out) if opts.resume else None
+
+        with args.main_process_first(desc="tokenising"):
+            corpus = load_corpus(opts.dataset, seed=opts.seed)
+            cache = opts.cache_dir or str(packed_cache_dir())
+            packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir=cache, num_proc=opts.num_proc)
+        stats = {split: split_stats(ds) for split, ds in packed.items()}
+        eval_ds = packed["validation"].select(range(min(opts.eval_blocks, len(packed["validation"]))))
+        if len(packed["train"]) < opts.batch_size or len(eval_ds) == 0:
+            raise UserError(f"{opts.dataset} gives {len(packed['train'])} training and {len(eval_ds)} validation "
+                            f"sequences of {opts.seq_len} tokens; use more data or a smaller --seq-len/--batch-size")
+
+        if ckpt_path is not None:
+            model = load_checkpoint_model(ckpt_path, config, legacy_state)
         else:
-            resume_from = last_checkpoint(out) if opts.resume else None
+            config.eos_token_id, config.pad_token_id, config.bos_token_id = (
+                tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id)
+            if opts.seq_len > config.max_position_embeddings and config.position_embedding_type == "learned":
+                raise UserError(f"--seq-len {opts.seq_len} is longer than the model's {config.max_position_embeddings} "
+                                f"positions; lower --seq-len")
+            torch.manual_seed(opts.seed)
+            model = BashGPTForCausalLM(config)
+        if model.generation_config.do_sample is None:  # new, or saved before bashgpt wrote its sampling defaults
+            model.generation_config = default_generation_config(tokenizer)  # saved as generation_config.json
+        apply_to_model(model, levers)  # storage dtype (bf16 for adamw-bf16) and the training attention
+        if budgeted:
+            return_freed_memory()  # CPU under a budget: the peak is what is alive at once (cpu_memory.py)
+        else:
+            keep_large_allocations_on_heap()  # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py)
+        n_params = sum(p.numel() for p in model.parameters())
+        world = args.world_size
+        effective_batch = opts.batch_size * opts.gradient_accumulation_steps * world
+        run.say(f"stage {opts.stage}: {preset} preset, {n_params / 1e6:.1f}M parameters "
+                f"({config.norm_type}, {config.position_embedding_type} positions) on {device} ({precision.note})")
+        run.say(f"{world} process{'es' if world > 1 else ''} took part ({args.parallel_mode.name}); effective batch "
+                f"{effective_batch} x {opts.seq_len} tokens; {opts.num_epochs} epochs x {opts.steps_per_epoch} steps")
+        run.say(f"data {opts.dataset}: train {stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M "
+                f"tokens, validation {stats['validation']['sequences']:,} / {stats['validation']['tokens'] / 1e6:.2f}M "
+                f"(evaluating on {len(eval_ds)} sequences)")
 
-    with args.main_process_first(desc="tokenising"):
-        corpus = load_corpus(opts.dataset, seed=opts.seed)
-        cache = opts.cache_dir or str(packed_cache_dir())
-        packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir=cache, num_proc=opts.num_proc)
-    stats = {split: split_stats(ds) for split, ds in packed.items()}
-    eval_ds = packed["validation"].select(range(min(opts.eval_blocks, len(packed["validation"]))))
-    if len(packed["train"]) < opts.batch_size or len(eval_ds) == 0:
-        raise UserError(f"{opts.dataset} gives {len(packed['train'])} training and {len(eval_ds)} validation "
-                        f"sequences of {opts.seq_len} tokens; use more data or a smaller --seq-len/--batch-size")
+        if run.is_main:
+            if plan_text:
+                for line in plan_text.splitlines():
+                    run.say(line)
+            plan = estimate(preset, opts.batch_size, opts.seq_len, levers, opts.gradient_accumulation_steps,
+                            device=device, config=config, budgeted=budgeted)
+            run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
+                    f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
+                    f"about {plan.seconds_per_step:.2f} s per step, " +
+                    (f"training for {opts.time_budget:.3g} minutes (--time-budget)" if opts.time_budget else
+                     f"{plan.seconds_per_step * max_steps / 3600:.2f} h in all"))
+            warning = fit_advice(plan)
+            if warning:
+                run.warn(f"warning: {warning}")
 
-    if ckpt_path is not None:
-        model = load_checkpoint_model(ckpt_path, config, legacy_state)
-    else:
-        config.eos_token_id, config.pad_token_id, config.bos_token_id = (
-            tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id)
-        if opts.seq_len > config.max_position_embeddings and config.position_embedding_type == "learned":
-            raise UserError(f"--seq-len {opts.seq_len} is longer than the model's {config.max_position_embeddings} "
-                            f"positions; lower --seq-len")
-        torch.manual_seed(opts.seed)
-        model = BashGPTForCausalLM(config)
-    if model.generation_config.do_sample is None:  # new, or saved before bashgpt wrote its sampling defaults
-        model.generation_config = default_generation_config(tokenizer)  # saved as generation_config.json
-    apply_to_model(model, levers)  # storage dtype (bf16 for adamw-bf16) and the training attention
-    if budgeted:
-        return_freed_memory()  # CPU under a budget: the peak is what is alive at once (cpu_memory.py)
-    else:
-        keep_large_allocations_on_heap()  # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py)
-    n_params = sum(p.numel() for p in model.parameters())
-    world = args.world_size
-    effective_batch = opts.batch_size * opts.gradient_accumulation_steps * world
-    run.say(f"stage {opts.stage}: {preset} preset, {n_params / 1e6:.1f}M parameters "
-            f"({config.norm_type}, {config.position_embedding_type} positions) on {device} ({precision.note})")
-    run.say(f"{world} process{'es' if world > 1 else ''} took part ({args.parallel_mode.name}); effective batch "
-            f"{effective_batch} x {opts.seq_len} tokens; {opts.num_epochs} epochs x {opts.steps_per_epoch} steps")
-    run.say(f"data {opts.dataset}: train {stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M "
-            f"tokens, validation {stats['validation']['sequences']:,} / {stats['validation']['tokens'] / 1e6:.2f}M "
-            f"(evaluating on {len(eval_ds)} sequences)")
+        ledger = SkipLedger(max_fraction=opts.max_skip_fraction, max_consecutive=opts.max_consecutive_skips)
+        best_dir = out / "best"
+        card_info = {
+            "preset": preset, "stage": opts.stage, "parameters": n_params, "dataset": opts.dataset,
+            "architecture": f"{config.norm_type}, {config.position_embedding_type} positions",
+            "train_sequences": stats["train"]["sequences"], "train_tokens": stats["train"]["tokens"],
+            "validation_tokens": stats["validation"]["tokens"], "max_steps": max_steps,
+            "effective_batch": effective_batch, "seq_len": opts.seq_len, "path": str(best_dir),
+            "from_checkpoint": str(ckpt_path) if ckpt_path else None,
+        }
+        advice = Advice(ledger, run.warn, early_stopping=bool(opts.early_stopping))
+        lineage = training_lineage(opts, ckpt_path)
 
-    if run.is_main:
-        if plan_text:
-            for line in plan_text.splitlines():
-                run.say(line)
-        plan = estimate(preset, opts.batch_size, opts.seq_len, levers, opts.gradient_accumulation_steps,
-                        device=device, config=config, budgeted=budgeted)
-        run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
-                f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
-                f"about {plan.seconds_per_step:.2f} s per step, " +
-                (f"training for {opts.time_budget:.3g} minutes (--time-budget)" if opts.time_budget else
-                 f"{plan.seconds_per_step * max_steps / 3600:.2f} h in all"))
-        warning = fit_advice(plan)
-        if warning:
-            run.say(f"warning: {warning}")
+        pusher = HubPusher(hub_repo, opts.hub_private, opts.hub_strategy) if opts.push_to_hub and run.is_main else None
 
-    ledger = SkipLedger(max_fraction=opts.max_skip_fraction, max_consecutive=opts.max_consecutive_skips)
-    best_dir = out / "best"
-    card_info = {
-        "preset": preset, "stage": opts.stage, "parameters": n_params, "dataset": opts.dataset,
-        "architecture": f"{config.norm_type}, {config.position_embedding_type} positions",
-        "train_sequences": stats["train"]["sequences"], "train_tokens": stats["train"]["tokens"],
-        "validation_tokens": stats["validation"]["tokens"], "max_steps": max_steps,
-        "effective_batch": effective_batch, "seq_len": opts.seq_len, "path": str(best_dir),
-        "from_checkpoint": str(ckpt_path) if ckpt_path else None,
-    }
-    advice = Advice(ledger, run.say, early_stopping=bool(opts.early_stopping))
-    lineage = training_lineage(opts, ckpt_path)
+        def save_best(model_to_save, state):
+            """Called on every process: gathering a sharded (--fsdp) model's weights takes them all."""
+            weights = full_state_dict(model_to_save)  # None unless sharded
+            if not run.is_main:
+                return
+            loss = advice.eval_losses[-1] if advice.eval_losses else float("nan")
+            info = dict(card_info, step=state.global_step, eval_loss=loss,
+                        train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
+            save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info), state_dict=weights)
+            (best_dir / "bashgpt_best.json").write_text(json.dumps({"step": state.global_step, "eval_loss": loss}))
+            (best_dir / "bashgpt_training.json").write_text(json.dumps(lineage, indent=2) + "\n")
+            run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}", console=False)
+            if pusher:
+                pusher.on_new_best(best_dir, state.global_step)
 
-    pusher = HubPusher(hub_repo, opts.hub_private, opts.hub_strategy) if opts.push_to_hub and run.is_main else None
+        best_loss = math.inf
+        if resume_from and (best_dir / "bashgpt_best.json").is_file():
+            best_loss = json.loads((best_dir / "bashgpt_best.json").read_text())["eval_loss"]
+        tokens_per_step = effective_batch * opts.seq_len
+        saver = BestModelSaver(save_best, best_loss)
+        budget = TimeBudget(opts.time_budget * 60, opts.warmup_steps) if opts.time_budget else None
+        throughput = Throughput(tokens_per_step)
+        live = opts.progress and not opts.quiet
+        progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, throughput, run.say, live, run.is_main, saver,
+                                budget)  # before the saver in the list: it asks, then the saver updates
+        early = [EarlyStop(opts.early_stopping, saver, run.say)] if opts.early_stopping else []
+        stateful = {"time_budget": budget, "early_stopping": early[0] if early else None, "skip_ledger": ledger}
+        stateful = {name: part for name, part in stateful.items() if part is not None}
+        if resume_from:
+            restore_states(Path(resume_from), stateful)
+        callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch), CheckpointSeal(stateful),
+                     throughput, JsonlLog(out / "log.jsonl", throughput, opts.steps_per_epoch, device, ledger, run.is_main),
+                     progress, advice, *early, saver, *extra_callbacks]  # early asks the saver before it updates
+        stopper = GracefulStop(run.say)
+        trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
+                              data_collator=default_data_collator, processing_class=tokenizer,
+                              callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger,
+                              optimizer_cls_and_kwargs=None if levers.optim == "adamw" else
+                              optimizer_cls_and_kwargs(levers.optim, opts.learning_rate, device),
+                              lr_factor=budget.lr_factor if budget else None)
+        progress.replace_trainers_printing(trainer)
+        train_guarded(trainer, stopper, resume_from, out)
 
-    def save_best(model_to_save, state):
-        """Called on every process: gathering a sharded (--fsdp) model's weights takes them all."""
-        weights = full_state_dict(model_to_save)  # None unless sharded
-        if not run.is_main:
-            return
-        loss = advice.eval_losses[-1] if advice.eval_losses else float("nan")
-        info = dict(card_info, step=state.global_step, eval_loss=loss,
-                    train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
-        save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info), state_dict=weights)
-        (best_dir / "bashgpt_best.json").write_text(json.dumps({"step": state.global_step, "eval_loss": loss}))
-        (best_dir / "bashgpt_training.json").write_text(json.dumps(lineage, indent=2) + "\n")
-        run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}", console=False)
+        if not ledger.abort_reason and not saver.saved_once and not (best_dir / "config.json").is_file():
+            run.warn("warning: no finite validation loss was measured; saving the final model as best/")
+            save_best(trainer.model, trainer.state)
+        if run.is_main:
+            plot_training_curves(out / "log.jsonl", out / "training_curves.png",
+                                 f"bashgpt {preset}, stage {opts.stage}")
+        summary = {"output_dir": str(out), "best": str(best_dir), "step": trainer.state.global_step,
+                   "max_steps": max_steps, "skipped_steps": ledger.skipped_total, "world_size": world,
+                   "eval_losses": advice.eval_losses, "train_loss": advice.train_losses[-1] if advice.train_losses else None,
+                   "curves": str(out / "training_curves.png")}
+        if stopper.signal_name:
+            raise Interrupted(f"stopped by {stopper.signal_name} at step {trainer.state.global_step}; a resumable "
+                              f"checkpoint is in {last_checkpoint_text(out)}; continue with: {resume_command()}",
+                              stopper.exit_code())
+        if ledger.abort_reason:
+            raise UserError(f"training stopped: {ledger.abort_reason}. {NAN_ADVICE}. "
+                            f"The last good model is in {best_dir}; checkpoints in {out / 'checkpoints'}")
         if pusher:
-            pusher.on_new_best(best_dir, state.global_step)
-
-    best_loss = math.inf
-    if resume_from and (best_dir / "bashgpt_best.json").is_file():
-        best_loss = json.loads((best_dir / "bashgpt_best.json").read_text())["eval_loss"]
-    tokens_per_step = effective_batch * opts.seq_len
-    saver = BestModelSaver(save_best, best_loss)
-    budget = TimeBudget(opts.time_budget * 60, opts.warmup_steps) if opts.time_budget else None
-    throughput = Throughput(tokens_per_step)
-    progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, throughput, run.say, opts.progress,
-                            run.is_main, saver, budget)  # before the saver in the list: it asks, then the saver updates
-    early = [EarlyStop(opts.early_stopping, saver, run.say)] if opts.early_stopping else []
-    stateful = {"time_budget": budget, "early_stopping": early[0] if early else None, "skip_ledger": ledger}
-    stateful = {name: part for name, part in stateful.items() if part is not None}
-    if resume_from:
-        restore_states(Path(resume_from), stateful)
-    callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch), CheckpointSeal(stateful),
-                 throughput, JsonlLog(out / "log.jsonl", throughput, opts.steps_per_epoch, device, ledger, run.is_main),
-                 progress, advice, *early, saver, *extra_callbacks]  # early asks the saver before it updates
-    stopper = GracefulStop(run.say)
-    trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
-                          data_collator=default_data_collator, processing_class=tokenizer,
-                          callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger,
-                          optimizer_cls_and_kwargs=None if levers.optim == "adamw" else
-                          optimizer_cls_and_kwargs(levers.optim, opts.learning_rate, device),
-                          lr_factor=budget.lr_factor if budget else None)
-    progress.replace_trainers_printing(trainer)
-    train_guarded(trainer, stopper, resume_from, out)
-
-    if not ledger.abort_reason and not saver.saved_once and not (best_dir / "config.json").is_file():
-        run.say("warning: no finite validation loss was measured; saving the final model as best/")
-        save_best(trainer.model, trainer.state)
-    if run.is_main:
-        plot_training_curves(out / "log.jsonl", out / "training_curves.png",
-                             f"bashgpt {preset}, stage {opts.stage}")
-    summary = {"output_dir": str(out), "best": str(best_dir), "step": trainer.state.global_step,
-               "max_steps": max_steps, "skipped_steps": ledger.skipped_total, "world_size": world,
-               "eval_losses": advice.eval_losses, "train_loss": advice.train_losses[-1] if advice.train_losses else None,
-               "curves": str(out / "training_curves.png")}
-    if stopper.signal_name:
-        raise Interrupted(f"stopped by {stopper.signal_name} at step {trainer.state.global_step}; a resumable "
-                          f"checkpoint is in {last_checkpoint_text(out)}; continue with: {resume_command()}",
-                          stopper.exit_code())
-    if ledger.abort_reason:
-        raise UserError(f"training stopped: {ledger.abort_reason}. {NAN_ADVICE}. "
-                        f"The last good model is in {best_dir}; checkpoints in {out / 'checkpoints'}")
-    if pusher:
-        try:
-            run.say(f"pushed {best_dir} to {pusher.finish(best_dir, trainer.state.global_step)}")
-        except Exception as err:  # the network or the Hub failed after training: the model is safe on disk
-            raise UserError(f"pushing to the Hub failed ({type(err).__name__}: {err}); {best_dir} is complete: upload "
-                            f"it later with `hf upload {hub_repo} {best_dir}`") from None
-    for line in closing_lines(opts.stage, preset, advice.eval_losses, summary):
-        run.say(line)
-    return summary
+            try:
+                run.say(f"pushed {best_dir} to {pusher.finish(best_dir, trainer.state.global_step)}")
+            except Exception as err:  # the network or the Hub failed after training: the model is safe on disk
+                raise UserError(f"pushing to the Hub failed ({type(err).__name__}: {err}); {best_dir} is complete: upload "
+                                f"it later with `hf upload {hub_repo} {best_dir}`") from None
+        for line in closing_lines(opts.stage, preset, advice.eval_losses, summary):
+            run.say(line)
+        return summary
 
 
 def already_complete(opts: TrainOptions, out: Path, step: int, max_steps: int) -> dict:
     """--resume of a run that has reached its last step: say so and change nothing (Trainer would add a step)."""
     check_same_options(opts, out)
     best = out / "best"
-    print(f"[bashgpt] the run in {out} is already complete (step {step} of {max_steps}); nothing to resume. "
-          f"Its best model is {best}", file=sys.stderr)
+    LOGGER.info(f"the run in {out} is already complete (step {step} of {max_steps}); nothing to resume. "
+                f"Its best model is {best}")
     return {"output_dir": str(out), "best": str(best), "step": step, "max_steps": max_steps, "complete": True}
 
 
