@@ -1,9 +1,10 @@
 """The console of a training run: one live progress line, and one readable line per validation.
 
-Trainer's own ``ProgressCallback`` prints every log as a Python dict between its bars, and its
-"epoch" is a pass over the data; ours is ``--steps-per-epoch`` optimizer steps, as in the guide.
-``ProgressLine`` replaces it (and ``PrinterCallback``, its no-bar twin). Everything Trainer logs
-still goes to ``log.jsonl`` (callbacks.JsonlLog).
+``ProgressLine`` is Trainer's own ``ProgressCallback`` (its step bar and validation bar) with what a user of the
+guide reads beside the bar: its "epoch" (``--steps-per-epoch`` optimizer steps, not a pass over the data), loss,
+learning rate, tokens/s and an ETA, where ``ProgressCallback`` prints every log as a Python dict. The trainer runs
+with ``disable_tqdm`` so that Trainer adds no bar of its own, and its ``PrinterCallback`` (the dict printer it adds
+instead) is taken out. Everything Trainer logs still goes to ``log.jsonl`` (callbacks.JsonlLog).
 
     train  42%|████▏       | 420/1000 steps, epoch 3/5 · loss 2.914 · lr 5.8e-05 · 4,520 tok/s · ETA 04:22
     [bashgpt] step 400/1000, end of epoch 2/5: validation loss 3.021 (perplexity 20.5), best so far
@@ -13,7 +14,6 @@ import math
 import sys
 import time
 
-from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging as hf_logging
 
@@ -31,12 +31,13 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-class ProgressLine(TrainerCallback):
+class ProgressLine(ProgressCallback):
     """Live line: step/total, guide epoch, loss, lr, tokens/s, ETA. Without a bar (``--no-progress``),
     the same facts as one plain line per log event, for log files."""
 
     def __init__(self, steps_per_epoch: int, num_epochs: int, throughput, say, live: bool,
                  is_main: bool, best=None, budget=None):
+        super().__init__()
         self.steps_per_epoch = steps_per_epoch
         self.num_epochs = num_epochs
         self.throughput = throughput  # callbacks.Throughput: tokens/s, the figure log.jsonl records too
@@ -45,14 +46,12 @@ class ProgressLine(TrainerCallback):
         self.is_main = is_main
         self.best = best  # the BestModelSaver, asked (before it updates) whether a loss is a new best
         self.budget = budget  # a TimeBudget: the run ends at its deadline or at max_steps, whichever comes first
-        self.bar = None
-        self.eval_bar = None
         self.start = (0.0, 0)  # (time, step) when this process began training: the ETA excludes resumed steps
         self.hf_bars_were_on = True
 
     @staticmethod
     def replace_trainers_printing(trainer) -> None:
-        trainer.remove_callback(ProgressCallback)
+        """Take out the dict printer Trainer adds when its own bar is off (``disable_tqdm``)."""
         trainer.remove_callback(PrinterCallback)
 
     def rate(self, step: int) -> float:
@@ -76,11 +75,12 @@ class ProgressLine(TrainerCallback):
         # Transformers' own "Writing model shards" bars would cut through ours at every save.
         self.hf_bars_were_on = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
+        self.current_step = state.global_step  # what ProgressCallback.on_step_end counts the bar's steps from
         if self.is_main and self.live:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", bar_format=BAR_FORMAT,
-                            dynamic_ncols=True, file=sys.stderr)
+            self.training_bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train",
+                                     bar_format=BAR_FORMAT, dynamic_ncols=True, file=sys.stderr)
 
     def expected_steps(self, state) -> int:
         """max_steps, or under a time budget the step the deadline will come at (at the rate so far)."""
@@ -90,17 +90,17 @@ class ProgressLine(TrainerCallback):
         return max(state.global_step, min(state.max_steps, round(expected)))
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
+        if self.training_bar is not None:
             if self.budget is not None:
-                self.bar.total = self.expected_steps(state)
-            self.bar.update(state.global_step - self.bar.n)
+                self.training_bar.total = self.expected_steps(state)
+            super().on_step_end(args, state, control, **kwargs)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.is_main or not logs or "loss" not in logs:
             return
         facts = self.facts(state, logs)
-        if self.bar is not None:
-            self.bar.set_postfix_str(" · ".join(facts), refresh=True)
+        if self.training_bar is not None:
+            self.training_bar.set_postfix_str(" · ".join(facts), refresh=True)
             return
         rate = self.rate(state.global_step)
         total = self.expected_steps(state)
@@ -108,20 +108,12 @@ class ProgressLine(TrainerCallback):
         eta = f"ETA {format_duration(left)}" if math.isfinite(left) else "ETA ?"
         self.say(" · ".join([f"step {state.global_step}/{total}", *facts, eta]))
 
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        if self.bar is None or eval_dataloader is None or not hasattr(eval_dataloader, "__len__"):
-            return
-        if self.eval_bar is None:
-            from tqdm.auto import tqdm
-
-            self.eval_bar = tqdm(total=len(eval_dataloader), desc="validate", leave=False, dynamic_ncols=True,
-                                 file=sys.stderr)
-        self.eval_bar.update(1)
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.training_bar is not None:  # the validation bar only beside a live training bar
+            super().on_prediction_step(args, state, control, **kwargs)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.eval_bar is not None:
-            self.eval_bar.close()
-            self.eval_bar = None
+        super().on_evaluate(args, state, control, **kwargs)  # closes the validation bar
         loss = (metrics or {}).get("eval_loss")
         if loss is None or not self.is_main:
             return
@@ -139,8 +131,7 @@ class ProgressLine(TrainerCallback):
         return line
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.training_bar is not None:
+            super().on_train_end(args, state, control, **kwargs)
         if self.hf_bars_were_on:
             hf_logging.enable_progress_bar()

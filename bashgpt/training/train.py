@@ -252,7 +252,7 @@ def training_arguments(opts: TrainOptions, out: Path, device: str, precision, ma
         data_seed=opts.seed,
         dataloader_pin_memory=device == "cuda",
         dataloader_drop_last=False,  # True would also drop a validation set smaller than one batch
-        disable_tqdm=not opts.progress,
+        disable_tqdm=True,  # the bar is ProgressLine's (progress.py)
     )
 
 
