@@ -5,6 +5,7 @@ import os
 import shutil
 
 import datasets
+import numpy as np
 import pytest
 
 from bashgpt.cli import main
@@ -247,33 +248,57 @@ def test_packing_places_eos_and_masks_padding(small_tokenizer):
     eos, pad = small_tokenizer.eos_token_id, small_tokenizer.pad_token_id
     lengths = [len(small_tokenizer(d)["input_ids"]) + 1 for d in docs]
     total = sum(lengths)
-    assert len(packed) == -(-total // 8)
-    stream = [t for row in packed for t, m in zip(row["input_ids"], row["attention_mask"], strict=True) if m]
+    assert len(packed) == -(-total // 8) and packed.tokens.dtype == np.uint16  # a 300-token vocabulary: 2 bytes
+    rows = [packed[i] for i in range(len(packed))]
+    stream = [int(t) for row in rows for t, m in zip(row["input_ids"], row["attention_mask"], strict=True) if m]
     assert len(stream) == total and stream.count(eos) == 3
     ends = [sum(lengths[: i + 1]) - 1 for i in range(3)]
     assert [stream[i] for i in ends] == [eos] * 3
-    for row in packed:
-        assert len(row["input_ids"]) == len(row["labels"]) == 8
+    for i, row in enumerate(rows):
+        assert all(len(row[k]) == 8 for k in ("input_ids", "labels", "attention_mask"))
         for tok, label, mask in zip(row["input_ids"], row["labels"], row["attention_mask"], strict=True):
             assert (label == tok and mask == 1) or (label == -100 and mask == 0 and tok == pad)
+        assert i == len(rows) - 1 or bool(row["attention_mask"].all())  # only the last block is padded
     assert split_stats(packed) == {"sequences": len(packed), "tokens": total}
+    assert len(packed.first(1)) == 1 and len(packed.first(100)) == len(packed)
 
 
-def test_packed_dataset_is_cached_on_disk(tmp_path, small_tokenizer, monkeypatch):
-    dd = datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": ["echo a\n"] * 30}),
+def test_token_stream_is_cached_once_for_every_block_size(tmp_path, small_tokenizer, monkeypatch):
+    dd = datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": [f"echo {i}\n" for i in range(30)]}),
                               validation=datasets.Dataset.from_dict({"text": ["echo b\n"] * 5}))
-    first = packed_splits(dd, small_tokenizer, 16, cache_dir=tmp_path)
-    assert len(list(tmp_path.iterdir())) == 2
+    first = packed_splits(dd, small_tokenizer, 16, cache_dir=tmp_path, progress=False)
+    files = {f.name.split("-")[0]: f for f in tmp_path.iterdir()}
+    assert sorted(files) == ["train", "validation"] and all(f.suffix == ".tokens" for f in files.values())
+    for split, f in files.items():
+        assert f.stat().st_size == 2 * first[split].num_tokens  # 2 bytes a token, ids only
     from bashgpt.data import packing
 
-    monkeypatch.setattr(packing, "pack_dataset", lambda *a, **k: pytest.fail("packed again"))
-    second = packed_splits(dd, small_tokenizer, 16, cache_dir=tmp_path)
-    assert second["train"]["input_ids"] == first["train"]["input_ids"]
-    with pytest.raises(AssertionError):  # a different block size is a different cache entry
-        try:
-            packed_splits(dd, small_tokenizer, 8, cache_dir=tmp_path)
-        except pytest.fail.Exception as err:
-            raise AssertionError from err
+    monkeypatch.setattr(packing, "tokenize_split", lambda *a, **k: pytest.fail("tokenised again"))
+    again = packed_splits(dd, small_tokenizer, 8, cache_dir=tmp_path, progress=False)  # another block size: same cache
+    assert np.array_equal(again["train"].tokens, first["train"].tokens) and len(again["train"]) > len(first["train"])
+    other = datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": [f"echo {i}\n" for i in range(31)]}))
+    with pytest.raises(pytest.fail.Exception):  # other text is another cache entry
+        packed_splits(other, small_tokenizer, 16, cache_dir=tmp_path, progress=False)
+
+
+def test_an_interrupted_tokenisation_leaves_nothing_a_later_run_trusts(tmp_path, small_tokenizer, monkeypatch):
+    from bashgpt.data import packing
+
+    dd = datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": [f"echo {i}\n" for i in range(5000)]}))
+    real = packing.encode_stream
+
+    def dies_half_way(*args, **kwargs):
+        for i, part in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield part
+
+    monkeypatch.setattr(packing, "encode_stream", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        packed_splits(dd, small_tokenizer, 16, cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(packing, "encode_stream", real)
+    assert len(packed_splits(dd, small_tokenizer, 16, cache_dir=tmp_path, progress=False)["train"]) > 0
 
 
 def test_data_stats_command(tmp_path, capsys):

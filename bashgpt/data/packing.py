@@ -1,97 +1,155 @@
-"""Tokenise a text corpus and pack it into fixed-length training blocks, cached on disk.
+"""Tokenise a text corpus into one stream of token ids on disk, and serve fixed-length training blocks from it.
 
-Every document gets an end-of-text token, documents are concatenated and cut into blocks
-of ``block_size`` tokens. The tail of each map batch becomes one right-padded block whose
-padded positions have label -100 and attention 0, so padding never counts in the loss.
+Every document gets an end-of-text token and the documents of a split are concatenated into one stream, stored as a
+flat array of the smallest unsigned dtype the vocabulary allows (uint16 below 65,536 tokens: 2 bytes a token). A
+block is a slice of ``block_size`` tokens of it; only the split's last block can be short, and is padded. Labels
+and the attention mask are derived when a block is served (padding: label -100, attention 0), so the cache holds
+token ids only, and one cache per corpus and tokenizer serves every ``--seq-len``.
+
+Tokenising streams the corpus in batches through the tokenizer's Rust backend, which encodes a batch on all the
+cores; memory holds one batch of text and its ids, however large the corpus, and the progress bar counts documents
+against the split's known size. A cache entry becomes visible only once complete (written to ``.partial``, then
+renamed), so an interrupted run leaves nothing a later run would trust.
 """
 
 import hashlib
-import itertools
 import os
-import shutil
+from itertools import chain
 from pathlib import Path
 
 import datasets
+import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from .tokenization import encode_batch
+from ..errors import UserError
 
-PACKING_VERSION = 1
+PACKING_VERSION = 2  # 2: token stream of the smallest dtype, blocks cut when served
+BATCH_DOCUMENTS = 2000  # documents encoded at once
+SAMPLED_DOCUMENTS = 64  # documents whose text identifies a split, with its length and size, in the cache key
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
-def cache_key(ds: datasets.Dataset, tokenizer, block_size: int) -> str:
-    parts = [ds._fingerprint, tokenizer_fingerprint(tokenizer), str(block_size), str(PACKING_VERSION)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+def split_fingerprint(ds: datasets.Dataset) -> str:
+    """Identifies a split's text through public API, without reading it all: its length, the size of its table and
+    the text of documents spread evenly over it."""
+    n = len(ds)
+    picks = sorted({round(i * (n - 1) / max(SAMPLED_DOCUMENTS - 1, 1)) for i in range(SAMPLED_DOCUMENTS)}) if n else []
+    h = hashlib.sha256(f"{n}|{ds.data.nbytes}".encode())
+    for text in ds.select(picks)["text"]:
+        h.update(text.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
-def tokenize_batch(batch, tokenizer):
-    ids = encode_batch(tokenizer, batch["text"])
-    eos = tokenizer.eos_token_id
-    return {"input_ids": [x + [eos] for x in ids]}
+class TokenBlocks(torch.utils.data.Dataset):
+    """Fixed-length blocks over a token stream: ``{"input_ids", "labels", "attention_mask"}`` of ``block_size``."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, pad_id: int):
+        self.tokens, self.block_size, self.pad_id = tokens, block_size, pad_id
+
+    def __len__(self) -> int:
+        return -(-len(self.tokens) // self.block_size)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        ids = torch.from_numpy(self.tokens[index * self.block_size:(index + 1) * self.block_size].astype(np.int64))
+        pad = self.block_size - len(ids)
+        attention = torch.ones(self.block_size, dtype=torch.long)
+        if pad:
+            attention[len(ids):] = 0
+            ids = torch.cat([ids, ids.new_full((pad,), self.pad_id)])
+        return {"input_ids": ids, "labels": ids.masked_fill(attention == 0, -100), "attention_mask": attention}
+
+    def first(self, blocks: int) -> "TokenBlocks":
+        """The first ``blocks`` blocks (all of them if there are fewer)."""
+        return TokenBlocks(self.tokens[:blocks * self.block_size], self.block_size, self.pad_id)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens that count in the loss (padding does not)."""
+        return len(self.tokens)
 
 
-def pack_batch(batch, block_size: int, pad_id: int):
-    """Concatenate the batch's documents and cut them into blocks; pad the last one."""
-    stream = list(itertools.chain.from_iterable(batch["input_ids"]))
-    input_ids, labels, attention = [], [], []
-    for start in range(0, len(stream), block_size):
-        block = stream[start:start + block_size]
-        pad = block_size - len(block)
-        input_ids.append(block + [pad_id] * pad)
-        labels.append(block + [-100] * pad)
-        attention.append([1] * len(block) + [0] * pad)
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+def encode_stream(ds: datasets.Dataset, tokenizer, desc: str = "tokenising", progress: bool = True):
+    """Arrays of token ids, one per batch of documents, each document followed by end of text."""
+    eos, dtype = tokenizer.eos_token_id, token_dtype(len(tokenizer))
+    backend = tokenizer.backend_tokenizer
+    with tqdm(total=len(ds), desc=desc, unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+        for batch in ds.iter(batch_size=BATCH_DOCUMENTS):
+            texts = batch["text"]
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+            flat = list(chain.from_iterable(chain.from_iterable((e.ids, (eos,)) for e in encodings)))
+            bar.update(len(texts))
+            yield np.array(flat, dtype=dtype)
 
 
-def pack_dataset(ds: datasets.Dataset, tokenizer, block_size: int, num_proc: int | None = None,
-                 map_batch_size: int = 1000) -> datasets.Dataset:
-    """Tokenise (batched ``datasets.map``) and pack ``ds`` (a ``text`` column) into blocks."""
+def tokenize_split(ds: datasets.Dataset, tokenizer, path: Path | None = None, desc: str = "tokenising",
+                   progress: bool = True) -> np.ndarray:
+    """The split's token stream: written to ``path`` (complete or not at all) and memory-mapped from it, or in
+    memory when ``path`` is None."""
     if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer needs an end-of-text and a padding token; use bashgpt's tokenizer/")
-    num_proc = num_proc if num_proc and len(ds) >= 4 * map_batch_size else None
-    parallelism_before = os.environ.get("TOKENIZERS_PARALLELISM")
-    tokenized = ds.map(tokenize_batch, batched=True, batch_size=map_batch_size, remove_columns=ds.column_names,
-                       fn_kwargs={"tokenizer": tokenizer}, num_proc=num_proc, desc="tokenising")
-    packed = tokenized.map(pack_batch, batched=True, batch_size=map_batch_size, remove_columns=["input_ids"],
-                           fn_kwargs={"block_size": block_size, "pad_id": tokenizer.pad_token_id},
-                           num_proc=num_proc, desc=f"packing into blocks of {block_size}")
-    if num_proc and parallelism_before is None:
-        # datasets leaves TOKENIZERS_PARALLELISM=false behind, which would make later encodes single-core
-        os.environ.pop("TOKENIZERS_PARALLELISM", None)
-    return packed
+        raise UserError("the tokenizer needs an end-of-text and a padding token; use bashgpt's tokenizer/")
+    if path is None:
+        parts = list(encode_stream(ds, tokenizer, desc, progress))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=token_dtype(len(tokenizer)))
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "wb") as f:
+            for part in encode_stream(ds, tokenizer, desc, progress):
+                part.tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return open_stream(path, token_dtype(len(tokenizer)))
+
+
+def open_stream(path: Path, dtype: np.dtype) -> np.ndarray:
+    """A cached token stream, memory-mapped (read where it is needed, never all held in memory)."""
+    if path.stat().st_size == 0:  # an empty split: nothing to map
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def pack_dataset(ds: datasets.Dataset, tokenizer, block_size: int, progress: bool = False) -> TokenBlocks:
+    """Blocks of ``ds`` (a ``text`` column), tokenised in memory."""
+    return TokenBlocks(tokenize_split(ds, tokenizer, progress=progress), block_size, tokenizer.pad_token_id)
 
 
 def packed_splits(dd: datasets.DatasetDict, tokenizer, block_size: int, cache_dir: str | Path | None,
-                  num_proc: int | None = None) -> datasets.DatasetDict:
-    """Pack every split, reusing a copy on disk keyed by source, tokenizer and block size."""
+                  progress: bool = True) -> dict[str, TokenBlocks]:
+    """Blocks of every split, from a token stream on disk keyed by the split's text and the tokenizer (tokenised
+    once; a later run, whatever its block size, memory-maps it)."""
     out = {}
     for split, ds in dd.items():
         if cache_dir is None:
-            out[split] = pack_dataset(ds, tokenizer, block_size, num_proc)
+            out[split] = pack_dataset(ds, tokenizer, block_size, progress)
             continue
-        path = Path(cache_dir) / f"{split}-{cache_key(ds, tokenizer, block_size)}"
-        if (path / "dataset_info.json").is_file():
-            out[split] = datasets.load_from_disk(str(path))
-            continue
-        packed = pack_dataset(ds, tokenizer, block_size, num_proc)
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        packed.save_to_disk(str(tmp))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-        out[split] = datasets.load_from_disk(str(path))
-    return datasets.DatasetDict(out)
+        key = hashlib.sha256(f"{split_fingerprint(ds)}|{tokenizer_fingerprint(tokenizer)}|{PACKING_VERSION}"
+                             .encode()).hexdigest()[:20]
+        path = Path(cache_dir) / f"{split}-{key}.tokens"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            tokens = open_stream(path, token_dtype(len(tokenizer)))
+        else:
+            tokens = tokenize_split(ds, tokenizer, path, desc=f"tokenising {split}", progress=progress)
+        out[split] = TokenBlocks(tokens, block_size, tokenizer.pad_token_id)
+    return out
 
 
-def split_stats(ds: datasets.Dataset) -> dict:
-    """Sequences and (non-padding) tokens of a packed split."""
-    import pyarrow.compute as pc
-
-    tokens = pc.sum(pc.list_flatten(ds.data.column("attention_mask"))).as_py() or 0
-    return {"sequences": len(ds), "tokens": int(tokens)}
+def split_stats(blocks: TokenBlocks) -> dict:
+    """Sequences and (non-padding) tokens of a split."""
+    return {"sequences": len(blocks), "tokens": blocks.num_tokens}
 
 
 def format_stats(name: str, stats: dict, block_size: int) -> str:

@@ -35,19 +35,17 @@ def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
 def heldout_metrics(model, tokenizer, texts: list[str], seq_len: int, max_blocks: int, batch_size: int = 8) -> dict:
     """Loss (nats/token), perplexity and bits per byte over packed blocks of ``texts``."""
     import datasets
+    from transformers import default_data_collator
 
     if not texts:
         raise UserError("the validation split is empty; nothing to evaluate on")
-    blocks = pack_dataset(datasets.Dataset.from_dict({"text": texts}), tokenizer, seq_len)
-    blocks = blocks.select(range(min(max_blocks, len(blocks))))
+    blocks = pack_dataset(datasets.Dataset.from_dict({"text": texts}), tokenizer, seq_len).first(max_blocks)
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     model.eval()
     for start in range(0, len(blocks), batch_size):
-        batch = blocks[start:start + batch_size]
-        ids = torch.tensor(batch["input_ids"], device=device)
-        labels = torch.tensor(batch["labels"], device=device)
-        mask = torch.tensor(batch["attention_mask"], device=device)
+        batch = default_data_collator([blocks[i] for i in range(start, min(start + batch_size, len(blocks)))])
+        ids, labels, mask = (batch[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),

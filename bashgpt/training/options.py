@@ -133,7 +133,6 @@ class RunControl:
                                              "the step count is only an upper limit", metavar="MINUTES")
     overwrite: bool = option(False, "start afresh in an --output-dir that holds another run")
     device: str = option("auto", "auto picks MPS, then CUDA, then CPU", choices=list(DEVICES))
-    num_proc: int | None = option(None, "processes for tokenising (unset: one)")
     cache_dir: str | None = option(None, "where tokenised datasets are cached (unset: ~/.cache/bashgpt/packed)")
     progress: bool = option(True, "the live progress line (--no-progress: a plain line per log instead)")
     quiet: bool = option(False, "warnings and errors only on the console (no progress); OUTPUT/train.log keeps all")

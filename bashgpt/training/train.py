@@ -58,7 +58,7 @@ from .stability import NAN_ADVICE, SkipLedger
 from .trainer import SafeTrainer
 
 # Options that may differ between a run and its --resume without making it another run.
-RESUME_MUTABLE = {"resume", "overwrite", "progress", "num_proc", "cache_dir", "device", "use_compile", "memory_budget",
+RESUME_MUTABLE = {"resume", "overwrite", "progress", "cache_dir", "device", "use_compile", "memory_budget",
                   "attention", "report_to", "run_name", "push_to_hub", "hub_model_id", "hub_private", "hub_strategy", "quiet"}  # a resumed run keeps the levers it recorded, whatever the budget
 
 
@@ -301,9 +301,10 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         with args.main_process_first(desc="tokenising"):
             corpus = load_corpus(opts.dataset, seed=opts.seed)
             cache = opts.cache_dir or str(packed_cache_dir())
-            packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir=cache, num_proc=opts.num_proc)
+            packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir=cache,
+                                   progress=run.is_main and opts.progress and not opts.quiet)
         stats = {split: split_stats(ds) for split, ds in packed.items()}
-        eval_ds = packed["validation"].select(range(min(opts.eval_blocks, len(packed["validation"]))))
+        eval_ds = packed["validation"].first(opts.eval_blocks)
         if len(packed["train"]) < opts.batch_size or len(eval_ds) == 0:
             raise UserError(f"{opts.dataset} gives {len(packed['train'])} training and {len(eval_ds)} validation "
                             f"sequences of {opts.seq_len} tokens; use more data or a smaller --seq-len/--batch-size")
