@@ -40,10 +40,17 @@ def test_hidden_states_and_attentions_come_back_from_forward(norm, pos):
 
 
 def test_output_attentions_under_sdpa_is_said_not_silent(caplog):
+    from transformers.utils import logging as hf_logging
+
     model = model_for()
     logging.Logger.warning_once.cache_clear()  # Transformers says it once per process: let it say it here
-    with caplog.at_level(logging.WARNING):
-        out = model(torch.randint(2, 96, (1, 5)), output_attentions=True)
+    verbosity = hf_logging.get_verbosity()  # bashgpt's CLI, run by earlier tests, turns Transformers' warnings off
+    hf_logging.set_verbosity_warning()
+    try:
+        with caplog.at_level(logging.WARNING):
+            out = model(torch.randint(2, 96, (1, 5)), output_attentions=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     assert not out.attentions and "output_attentions" in caplog.text  # Transformers' own notice
 
 
