@@ -356,3 +356,24 @@ def test_default_debian_packages_come_from_their_data_file(tmp_path):
     assert read_package_list(listed) == ("bash", "coreutils")
     assert len(DEFAULT_DEBIAN_PACKAGES) == len(set(DEFAULT_DEBIAN_PACKAGES)) == 241
     assert DEFAULT_DEBIAN_PACKAGES[0] == "lynis" and all(" " not in name for name in DEFAULT_DEBIAN_PACKAGES)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_a_damaged_shard_is_named_in_one_line(tmp_path, capsys, kind):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    if kind == "parquet":
+        for name in ("a", "b"):
+            pq.write_table(pa.table({"text": [f"story {name} {i}. " * 20 for i in range(100)]}), folder / f"{name}.parquet")
+        data = (folder / "b.parquet").read_bytes()
+        (folder / "b.parquet").write_bytes(data[: len(data) // 2])  # cut short, as an interrupted download
+    else:
+        (folder / "a.jsonl").write_text('{"text": "fine"}\n{"text": "cut off\n')
+    code = main(["data", "stats", "--dataset", str(folder), "--seq-len", "16", "--cache", str(tmp_path / "cache")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bashgpt: error:")]
+    damaged = "b.parquet" if kind == "parquet" else "a.jsonl: line 2 is not JSON"
+    assert code == 2 and len(err) == 1 and damaged in err[0]
+    assert not list((tmp_path / "cache").glob("*.tokens"))  # nothing cached

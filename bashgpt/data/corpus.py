@@ -10,6 +10,7 @@ A source is one of:
 
 import ast
 import functools
+import json
 import os
 import sysconfig
 from pathlib import Path
@@ -128,8 +129,33 @@ def load_local(path: Path, validation_fraction: float, seed: int) -> datasets.Da
         return datasets.load_dataset("json", data_files=files)
     ((builder, files),) = local_files(path).items()
     kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-    ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+    try:
+        ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+    except datasets.exceptions.DatasetGenerationError as err:
+        damaged, why = first_damaged(files, builder) or (path, str(err.__cause__ or err))
+        raise CorpusError(f"cannot read {damaged}: {why.splitlines()[0]}; fix it, or move it out of {path}") from None
     return split_off_validation(ds, validation_fraction, seed)
+
+
+def first_damaged(files: list[str], builder: str) -> tuple[str, str] | None:
+    """The first file of a corpus that cannot be read whole, and why (asked only after a load failed)."""
+    import pyarrow.parquet as pq
+
+    for name in files:
+        try:
+            if builder == "parquet":
+                pq.read_metadata(name)
+                continue
+            with open(name, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if builder == "json" and line.strip():
+                        try:
+                            json.loads(line)
+                        except ValueError as err:
+                            return name, f"line {number} is not JSON ({err})"
+        except (OSError, ValueError) as err:  # unreadable, not UTF-8, or not parquet
+            return name, str(err)
+    return None
 
 
 def load_corpus(source: str = TINYSTORIES, validation_fraction: float = 0.02, seed: int = 0) -> datasets.DatasetDict:
