@@ -123,13 +123,14 @@ def decode(model, input_ids: torch.LongTensor, logits_processor: LogitsProcessor
     if pad is None and eos is not None:
         pad = eos if isinstance(eos, int) else eos[0]
     pick = TokenPicker(logits_processor, generation_config.do_sample)
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in model_kwargs else {}  # generate's word on the model
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     if token_streamer is not None:
         token_streamer.put(input_ids.cpu())
     with linears_packed(model):
         while True:
             out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                        logits_to_keep=1)
+                        **last_only)
             logits = out.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)
             del out
             tokens = pick(input_ids, logits)
