@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -58,8 +59,9 @@ from .stability import NAN_ADVICE, SkipLedger
 from .trainer import SafeTrainer
 
 # Options that may differ between a run and its --resume without making it another run.
-RESUME_MUTABLE = {"resume", "overwrite", "progress", "cache_dir", "device", "use_compile", "memory_budget",
-                  "attention", "report_to", "run_name", "push_to_hub", "hub_model_id", "hub_private", "hub_strategy", "quiet"}  # a resumed run keeps the levers it recorded, whatever the budget
+# (a resumed run keeps the levers it recorded, whatever the budget)
+RESUME_MUTABLE = {"resume", "overwrite", "progress", "quiet", "cache_dir", "device", "use_compile", "memory_budget",
+                  "attention", "report_to", "run_name", "push_to_hub", "hub_model_id", "hub_private", "hub_strategy"}
 
 
 class Run:
@@ -69,18 +71,15 @@ class Run:
     def __init__(self, output_dir: Path, is_main: bool = True):
         self.dir = output_dir
         self.is_main = is_main
-        self.file = None
+        self.open = ExitStack()  # the run's log file while the run is entered
 
     def __enter__(self) -> "Run":
         if self.is_main:
-            self.file = logs.log_file(self.dir / "train.log")
-            self.file.__enter__()
+            self.open.enter_context(logs.log_file(self.dir / "train.log"))
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.__exit__(*exc)
-            self.file = None
+        self.open.close()
 
     def say(self, message: str, console: bool = True) -> None:
         """On the console (above any live progress line) and in the run's log; ``console=False``: the log only."""
