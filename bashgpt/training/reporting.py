@@ -44,8 +44,8 @@ def trackers(report_to: list[str]) -> list[str]:
             raise UserError(f"--report-to wandb: cannot reach {host}; set WANDB_MODE=offline to log locally "
                             f"(then `wandb sync`), or drop --report-to wandb")
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if "mlflow" in chosen and uri.startswith(("http://", "https://")) and not reachable(urlparse(uri).hostname,
-                                                                                         urlparse(uri).port):
+    server = urlparse(uri) if uri.startswith(("http://", "https://")) else None
+    if "mlflow" in chosen and server and not reachable(server.hostname, server.port):
         raise UserError(f"--report-to mlflow: cannot reach MLFLOW_TRACKING_URI={uri}; unset it to log to ./mlruns")
     return chosen
 
