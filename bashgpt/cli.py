@@ -8,6 +8,7 @@ from pathlib import Path
 from .configuration_bashgpt import PRESETS
 from .devices import DEVICES
 from .errors import UserError
+from .inference.gguf_export import DTYPES as GGUF_DTYPES
 
 
 def cmd_collect(args):
@@ -132,10 +133,18 @@ def cmd_eval(args):
 
 
 def cmd_export(args):
-    from .inference.export import export_gpt2
     from .inference.modelio import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(args.model_dir)
+    if args.format == "gguf":
+        from .inference.gguf_export import export_gguf
+
+        out = export_gguf(model, tokenizer, args.out, dtype=args.dtype, name=Path(args.model_dir).resolve().name)
+        print(f"GGUF ({args.dtype}) written to {out}: llama.cpp's gpt2 architecture with its tokenizer; "
+              f"e.g. llama-cli -m {out} -p '#!/bin/bash' -n 128")
+        return
+    from .inference.export import export_gpt2
+
     out = export_gpt2(model, tokenizer, args.out)
     print(f"stock GPT2LMHeadModel folder written to {out} (no custom code; loads with "
           f"AutoModelForCausalLM.from_pretrained({str(out)!r}))")
@@ -262,10 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p, 200)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="export for production: a stock GPT-2 folder that runs wherever GPT-2 runs")
+    p = sub.add_parser("export", help="export for production: a stock GPT-2 folder, or one GGUF file for llama.cpp",
+                       description="Export a LayerNorm + learned-position model (the default architecture). "
+                                   "gpt2: a GPT2LMHeadModel folder with no custom code (Transformers 4.x and 5.x, "
+                                   "ONNX exporters). gguf: one file llama.cpp, llama-cpp-python, Ollama and LM Studio "
+                                   "load, tokenizer included.")
     p.add_argument("model_dir", metavar="MODEL_DIR")
-    p.add_argument("--format", choices=("gpt2",), default="gpt2")
-    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=("gpt2", "gguf"), default="gpt2", help="what to write (default: gpt2)")
+    p.add_argument("--out", required=True, help="the folder (gpt2) or file, e.g. model.gguf (gguf) to write")
+    p.add_argument("--dtype", choices=GGUF_DTYPES, default="f16", help="GGUF matrix precision (default: f16)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("estimate", help="memory by part, whether it fits, FLOPs and time per step, before training",

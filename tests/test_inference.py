@@ -152,27 +152,6 @@ def test_evaluation_starts_no_prompt_that_would_end_after_the_deadline(nano_dir,
     assert [e["prompt"] for e in result["examples"]] == prompts[:2]
 
 
-def test_export_to_stock_gpt2_matches_logits(nano_dir, tmp_path):
-    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
-
-    assert main(["export", str(nano_dir), "--format", "gpt2", "--out", str(tmp_path / "gpt2")]) == 0
-    assert not list((tmp_path / "gpt2").glob("*.py"))
-    gpt2 = AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2").eval()
-    assert isinstance(gpt2, GPT2LMHeadModel)
-    model, _ = load_model_and_tokenizer(nano_dir)
-    ids = torch.randint(0, 32000, (2, 20))
-    with torch.no_grad():
-        assert (gpt2(ids).logits - model.eval()(ids).logits).abs().max() < 1e-5
-
-
-def test_export_refuses_rmsnorm_or_rope(tmp_path, capsys):
-    tok = load_tokenizer(default_tokenizer_dir())
-    cfg = BashGPTConfig.from_preset("nano", position_embedding_type="rope")
-    folder = save_model_folder(BashGPTForCausalLM(cfg), tok, tmp_path / "rope")
-    assert main(["export", str(folder), "--out", str(tmp_path / "x")]) == 2
-    assert "no stock equivalent" in capsys.readouterr().err
-
-
 def _corrupt(folder: Path, how: str) -> Path:
     weights = folder / "model.safetensors"
     if how == "truncated":
