@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -332,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # weight-loading bars; bashgpt shows its own progress
     hf_logging.set_verbosity_error()
+    # datasets' file readers log a file they cannot parse, then raise; bashgpt names the file in its own one line
+    logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
     try:
         args.func(args)
     except UserError as err:

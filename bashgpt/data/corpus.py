@@ -29,15 +29,40 @@ class CorpusError(UserError):
     """A corpus that cannot be loaded; the message says why and what to do."""
 
 
-def text_column(ds: datasets.Dataset) -> str:
-    """The column that holds the text: 'text', else 'content', else the only string column."""
-    for name in ("text", "content", "code", "story"):
-        if name in ds.column_names:
+READ_ERRORS = (datasets.exceptions.DatasetGenerationError, ValueError, OSError)  # a streamed file that cannot be read
+
+
+def read_error(err: Exception) -> CorpusError:
+    """A file met while streaming that cannot be read, as one line (the stream does not say which file)."""
+    return CorpusError(f"cannot read the corpus while streaming ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else 'no detail'}); fix or remove the damaged file")
+
+
+TEXT_COLUMNS = ("text", "content", "code", "story")
+
+
+def pick_text_column(columns: list[str], strings: list[str]) -> str:
+    """'text', else 'content', 'code' or 'story', else the only string column."""
+    for name in TEXT_COLUMNS:
+        if name in columns:
             return name
-    strings = [n for n, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
     if len(strings) == 1:
         return strings[0]
-    raise CorpusError(f"cannot tell which column holds the text among {ds.column_names}; name one 'text'")
+    raise CorpusError(f"cannot tell which column holds the text among {columns}; name one 'text'")
+
+
+def text_column(ds: datasets.Dataset | datasets.IterableDataset) -> str:
+    """The column that holds the text; a stream whose files do not declare their columns shows its first row."""
+    if ds.features is None:
+        try:
+            first = next(iter(ds), None)
+        except READ_ERRORS as err:
+            raise read_error(err) from None
+        if first is None:
+            raise CorpusError("the corpus has no documents; point --dataset at files with text in them")
+        return pick_text_column(list(first), [k for k, v in first.items() if isinstance(v, str)])
+    strings = [n for n, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    return pick_text_column(list(ds.features), strings)
 
 
 def offline_hint(name: str) -> str:
@@ -46,7 +71,7 @@ def offline_hint(name: str) -> str:
             f"or --dataset stdlib for offline English text")
 
 
-def load_hub_dataset(name: str, split: str | None = None):
+def load_hub_dataset(name: str, split: str | None = None, streaming: bool = False):
     """``datasets.load_dataset(name)``, failing within seconds with one clear line when offline."""
     from huggingface_hub import constants
 
@@ -55,7 +80,7 @@ def load_hub_dataset(name: str, split: str | None = None):
         constants.HF_HUB_OFFLINE = True
         datasets.config.HF_HUB_OFFLINE = True
     try:
-        return datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, split=split, streaming=streaming)
     except (ConnectionError, FileNotFoundError) as err:
         if constants.HF_HUB_OFFLINE or "offline" in str(err).lower() or isinstance(err, ConnectionError):
             raise CorpusError(offline_hint(name)) from None
@@ -181,3 +206,41 @@ def load_corpus(source: str = TINYSTORIES, validation_fraction: float = 0.02, se
         out[split] = ds.rename_column(column, "text") if column != "text" else ds
         out[split] = out[split].select_columns(["text"])
     return datasets.DatasetDict(out)
+
+
+def stream_corpus(source: str = TINYSTORIES) -> tuple[datasets.IterableDataset, datasets.IterableDataset | None]:
+    """``source`` as streams of ``{"text"}`` rows read as they are used (``datasets``' iterable datasets): the
+    train split, and the corpus's own validation split where it has one (else None: the caller holds out the
+    stream's first documents). Nothing is converted or cached, so a corpus larger than the disk or memory trains."""
+    if source == STDLIB:
+        splits = {"train": datasets.Dataset.from_dict({"text": stdlib_texts()}).to_iterable_dataset()}
+    elif Path(source).expanduser().exists():
+        path = Path(source).expanduser()
+        if (path / "train.jsonl").is_file() and (path / "validation.jsonl").is_file():
+            builder, files = "json", {"train": str(path / "train.jsonl"), "validation": str(path / "validation.jsonl")}
+        else:
+            ((builder, files),) = local_files(path).items()
+            files = {"train": files}
+        kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+        try:
+            splits = datasets.load_dataset(builder, data_files=files, streaming=True, **kwargs)
+        except StopIteration:  # the json reader's way of finding an empty first file
+            raise CorpusError(f"{path} has no documents; point --dataset at files with text in them") from None
+        except READ_ERRORS as err:
+            raise read_error(err) from None
+    elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        splits = load_hub_dataset(source, streaming=True)
+        if "train" not in splits:
+            raise CorpusError(f"dataset {source!r} has no train split (it has {', '.join(splits)})")
+    else:
+        raise CorpusError(f"dataset {source!r} is neither a local path nor a Hub name like owner/name; "
+                          f"check the path, or use --dataset stdlib for offline English text")
+    held_out = next((s for s in ("validation", "valid", "test") if s in splits), None)
+    out = []
+    for ds in (splits["train"], splits[held_out] if held_out else None):
+        if ds is not None:
+            column = text_column(ds)
+            ds = ds.rename_column(column, "text") if column != "text" else ds
+            ds = ds.select_columns(["text"])
+        out.append(ds)
+    return out[0], out[1]

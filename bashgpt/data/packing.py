@@ -79,17 +79,20 @@ class TokenBlocks(torch.utils.data.Dataset):
         return len(self.tokens)
 
 
+def encode_batch(texts: list[str], tokenizer) -> np.ndarray:
+    """The token ids of ``texts``, each followed by end of text, as one array of the stream's dtype."""
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    eos = (tokenizer.eos_token_id,)
+    flat = list(chain.from_iterable(chain.from_iterable((e.ids, eos) for e in encodings)))
+    return np.array(flat, dtype=token_dtype(len(tokenizer)))
+
+
 def encode_stream(ds: datasets.Dataset, tokenizer, desc: str = "tokenising", progress: bool = True):
     """Arrays of token ids, one per batch of documents, each document followed by end of text."""
-    eos, dtype = tokenizer.eos_token_id, token_dtype(len(tokenizer))
-    backend = tokenizer.backend_tokenizer
     with tqdm(total=len(ds), desc=desc, unit="doc", disable=not progress, dynamic_ncols=True) as bar:
         for batch in ds.iter(batch_size=BATCH_DOCUMENTS):
-            texts = batch["text"]
-            encodings = backend.encode_batch(texts, add_special_tokens=False)
-            flat = list(chain.from_iterable(chain.from_iterable((e.ids, (eos,)) for e in encodings)))
-            bar.update(len(texts))
-            yield np.array(flat, dtype=dtype)
+            bar.update(len(batch["text"]))
+            yield encode_batch(batch["text"], tokenizer)
 
 
 def tokenize_split(ds: datasets.Dataset, tokenizer, path: Path | None = None, desc: str = "tokenising",

@@ -58,6 +58,9 @@ class WhatToTrain:
                                     choices=list(PRESETS))
     dataset: str | None = option(None, f"Hub name (default {TINYSTORIES} at stage 1), a local file or folder, a "
                                        f"'bashgpt collect' folder (stage 2), or '{STDLIB}' for offline English")
+    streaming: bool = option(False, "read the corpus as training uses it (datasets' iterable datasets) instead of "
+                                    "tokenising it all first: for corpora larger than the disk or memory; --resume "
+                                    "continues on the exact block")
     checkpoint: str | None = option(None, "stage-1 output folder (its best/), or a legacy .pth / .npz state dict")
     tokenizer: str | None = option(None, "tokenizer folder (default: the checkpoint's, else the repository's "
                                          "tokenizer/); a new model gets its vocabulary size (rounded up to a multiple "

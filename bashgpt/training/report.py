@@ -46,6 +46,12 @@ def plot_training_curves(log_path: Path, out_path: Path, title: str) -> Path | N
     return out_path
 
 
+def training_data_text(info: dict) -> str:
+    if info["train_sequences"] is None:
+        return "streamed (--streaming: read as training used it, not counted ahead)"
+    return f"{info['train_sequences']:,} training sequences, {info['train_tokens'] / 1e6:.2f}M tokens"
+
+
 def model_card(info: dict) -> str:
     """The README.md of a saved model folder."""
     loss = info.get("eval_loss")
@@ -63,8 +69,8 @@ def model_card(info: dict) -> str:
         "|---|---|",
         f"| preset | {info['preset']} ({info['parameters'] / 1e6:.1f}M parameters, {info['architecture']}) |",
         f"| stage | {info['stage']} |",
-        f"| data | {info['dataset']}: {info['train_sequences']:,} training sequences, "
-        f"{info['train_tokens'] / 1e6:.2f}M tokens; {info['validation_tokens'] / 1e6:.2f}M validation tokens |",
+        f"| data | {info['dataset']}: {training_data_text(info)}; {info['validation_tokens'] / 1e6:.2f}M validation "
+        f"tokens |",
         f"| steps | {info['step']} of {info['max_steps']} (batch {info['effective_batch']} x {info['seq_len']} tokens) |",
         f"| training loss | {info.get('train_loss', float('nan')):.3f} |",
         f"| validation loss | {loss if loss is None else f'{loss:.3f}'} (perplexity {ppl}) |",

@@ -25,8 +25,9 @@ from transformers import TrainingArguments, default_data_collator
 
 from .. import BashGPTConfig, BashGPTForCausalLM, logs
 from ..data.cache_dirs import packed_cache_dir
-from ..data.corpus import load_corpus
+from ..data.corpus import load_corpus, stream_corpus
 from ..data.packing import packed_splits, split_stats
+from ..data.streaming import streamed_splits
 from ..data.tokenization import default_tokenizer_dir, load_tokenizer
 from ..devices import choose_precision, resolve_device
 from ..errors import UserError
@@ -298,15 +299,8 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                 resume_from = last_checkpoint(out) if opts.resume else None
 
         with args.main_process_first(desc="tokenising"):
-            corpus = load_corpus(opts.dataset, seed=opts.seed)
-            cache = opts.cache_dir or str(packed_cache_dir())
-            packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir=cache,
-                                   progress=run.is_main and opts.progress and not opts.quiet)
-        stats = {split: split_stats(ds) for split, ds in packed.items()}
-        eval_ds = packed["validation"].first(opts.eval_blocks)
-        if len(packed["train"]) < opts.batch_size or len(eval_ds) == 0:
-            raise UserError(f"{opts.dataset} gives {len(packed['train'])} training and {len(eval_ds)} validation "
-                            f"sequences of {opts.seq_len} tokens; use more data or a smaller --seq-len/--batch-size")
+            train_ds, eval_ds, stats = training_data(opts, tokenizer, progress=run.is_main and opts.progress
+                                                     and not opts.quiet)
 
         if ckpt_path is not None:
             model = load_checkpoint_model(ckpt_path, config, legacy_state)
@@ -332,9 +326,10 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                 f"({config.norm_type}, {config.position_embedding_type} positions) on {device} ({precision.note})")
         run.say(f"{world} process{'es' if world > 1 else ''} took part ({args.parallel_mode.name}); effective batch "
                 f"{effective_batch} x {opts.seq_len} tokens; {opts.num_epochs} epochs x {opts.steps_per_epoch} steps")
-        run.say(f"data {opts.dataset}: train {stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M "
-                f"tokens, validation {stats['validation']['sequences']:,} / {stats['validation']['tokens'] / 1e6:.2f}M "
-                f"(evaluating on {len(eval_ds)} sequences)")
+        train_text = (f"{stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M tokens"
+                      if stats["train"]["sequences"] is not None else "streamed")
+        run.say(f"data {opts.dataset}: train {train_text}, validation {stats['validation']['sequences']:,} / "
+                f"{stats['validation']['tokens'] / 1e6:.2f}M (evaluating on {len(eval_ds)} sequences)")
 
         if run.is_main:
             if plan_text:
@@ -400,7 +395,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
                      throughput, JsonlLog(out / "log.jsonl", throughput, opts.steps_per_epoch, device, ledger, run.is_main),
                      progress, advice, *early, saver, *extra_callbacks]  # early asks the saver before it updates
         stopper = GracefulStop(run.say)
-        trainer = SafeTrainer(model=model, args=args, train_dataset=packed["train"], eval_dataset=eval_ds,
+        trainer = SafeTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                               data_collator=default_data_collator, processing_class=tokenizer,
                               callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger,
                               optimizer_cls_and_kwargs=None if levers.optim == "adamw" else
@@ -435,6 +430,27 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         for line in closing_lines(opts.stage, preset, advice.eval_losses, summary):
             run.say(line)
         return summary
+
+
+def training_data(opts: TrainOptions, tokenizer, progress: bool):
+    """Training and evaluation blocks, and the counts of both splits: from the token cache (tokenised once), or
+    streamed (--streaming: training blocks read as used, not counted)."""
+    if opts.streaming:
+        train_docs, validation_docs = stream_corpus(opts.dataset)
+        train_ds, validation = streamed_splits(train_docs, validation_docs, tokenizer, opts.seq_len,
+                                               opts.eval_blocks, opts.seed)
+        train_stats = {"sequences": None, "tokens": None}
+    else:
+        packed = packed_splits(load_corpus(opts.dataset, seed=opts.seed), tokenizer, opts.seq_len,
+                               cache_dir=opts.cache_dir or str(packed_cache_dir()), progress=progress)
+        train_ds, validation = packed["train"], packed["validation"]
+        train_stats = split_stats(train_ds)
+    eval_ds = validation.first(opts.eval_blocks)
+    if (not opts.streaming and len(train_ds) < opts.batch_size) or len(eval_ds) == 0:
+        trained = "streamed" if opts.streaming else f"{len(train_ds)}"
+        raise UserError(f"{opts.dataset} gives {trained} training and {len(eval_ds)} validation sequences of "
+                        f"{opts.seq_len} tokens; use more data or a smaller --seq-len/--batch-size")
+    return train_ds, eval_ds, {"train": train_stats, "validation": split_stats(validation)}
 
 
 def already_complete(opts: TrainOptions, out: Path, step: int, max_steps: int) -> dict:
