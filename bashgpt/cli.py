@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .data.cache_dirs import cache_root, packed_cache_dir
     from .data.tokenization import default_tokenizer_dir
+    from .training.options import USAGE as TRAIN_USAGE
     from .training.options import HelpFormatter, MemoryLevers, defaults_table, train_parser
 
     parser = argparse.ArgumentParser(
@@ -237,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a stage: --stage language (TinyStories) or --stage code (bash)",
                        description="Train on HF Trainer with NaN-skipping, loss clamping, best-model saving and resume. "
                                    "Numeric defaults follow the reference guide's command for the stage and size.",
-                       parents=[train_parser(add_help=False)], formatter_class=HelpFormatter, epilog=defaults_table())
+                       parents=[train_parser(add_help=False)], formatter_class=HelpFormatter, epilog=defaults_table(),
+                       usage=TRAIN_USAGE)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="write bash with a trained model, line by line syntax-checked (never run)")

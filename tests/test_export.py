@@ -5,6 +5,7 @@ the dev extra: ``pip install llama-cpp-python`` and then ``pytest -m runtime tes
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from conftest import SAMPLE_TEXTS
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
+from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
 from bashgpt.inference.modelio import load_model_and_tokenizer, save_model_folder
 
 BASH = [
@@ -204,32 +206,56 @@ def llama(path, n_ctx=64):
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2)
 
 
+def detokenize(runtime, ids: list[int]) -> str:
+    """llama.cpp's own detokenizer, with room for every piece. (llama-cpp-python's ``Llama.detokenize`` gives each
+    token 32 bytes and cuts longer pieces short: the shipped vocabulary has 103 such tokens, runs of '-' or '#'.)"""
+    import ctypes
+
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(runtime.model)
+    text = ctypes.create_string_buffer(64 * len(ids) + 64)
+    n = llama_cpp.llama_detokenize(vocab, (llama_cpp.llama_token * len(ids))(*ids), len(ids), text, len(text),
+                                   False, True)
+    assert n >= 0
+    return text.raw[:n].decode()
+
+
 @pytest.mark.runtime
-@pytest.mark.parametrize("dtype, atol", [("f32", 2e-3), ("f16", 2e-2)])
+@pytest.mark.parametrize("dtype, atol", [("f32", 5e-5), ("f16", 1e-3)])  # seen: 9e-6 and 2e-4
 @pytest.mark.parametrize("ff", [None, 48])
 def test_llama_cpp_runs_the_gguf_as_transformers_runs_the_model(tmp_path, small_tokenizer, dtype, atol, ff):
     src = model_folder(tmp_path, small_tokenizer, intermediate_size=ff)
     out = tmp_path / "model.gguf"
     assert main(["export", str(src), "--format", "gguf", "--dtype", dtype, "--out", str(out)]) == 0
     runtime = llama(out)
-    ids = small_tokenizer(BASH[0]).input_ids[:60]
+    ids = small_tokenizer(BASH[0]).input_ids[:40]
     runtime.eval(ids)
-    theirs = torch.tensor(runtime.scores[: len(ids)])
-    ours = logits_of(src, ids)
-    torch.testing.assert_close(theirs, ours, atol=atol, rtol=0)
-    assert torch.equal(theirs.argmax(-1), ours.argmax(-1))
+    torch.testing.assert_close(torch.tensor(runtime.scores[: len(ids)]), logits_of(src, ids), atol=atol, rtol=0)
+    if dtype == "f32":  # greedy decoding through llama.cpp's own cache: the tokens Transformers' generate() picks
+        runtime.reset()
+        theirs = []
+        for token in runtime.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+            theirs.append(token)
+            if len(theirs) == 20:
+                break
+        model, _ = load_model_and_tokenizer(src)
+        ours = model.generate(torch.tensor([ids]), max_new_tokens=20, min_new_tokens=20, do_sample=False)
+        assert theirs == ours[0, len(ids):].tolist()
 
 
 @pytest.mark.runtime
-def test_llama_cpp_tokenizes_as_our_tokenizer_does(tmp_path, small_tokenizer):
+@pytest.mark.parametrize("shipped", [False, True], ids=["small", "shipped"])
+def test_llama_cpp_tokenizes_as_our_tokenizer_does(tmp_path, small_tokenizer, shipped):
+    tokenizer = load_tokenizer(default_tokenizer_dir()) if shipped else small_tokenizer
     out = tmp_path / "model.gguf"
-    src = model_folder(tmp_path, small_tokenizer, max_position_embeddings=512)
+    src = model_folder(tmp_path, tokenizer, max_position_embeddings=512)
     assert main(["export", str(src), "--format", "gguf", "--out", str(out)]) == 0
     runtime = llama(out, n_ctx=512)
-    for text in BASH + SAMPLE_TEXTS:
-        ours = small_tokenizer(text).input_ids
+    for text in BASH + SAMPLE_TEXTS + [Path(__file__).read_text()[:3000]]:
+        ours = tokenizer(text).input_ids
         theirs = runtime.tokenize(text.encode(), add_bos=False, special=True)
         assert theirs == ours, text
-        assert runtime.detokenize(theirs, special=True).decode() == text
-    assert runtime.token_eos() == small_tokenizer.eos_token_id
-    assert runtime.token_bos() == small_tokenizer.bos_token_id
+        assert detokenize(runtime, theirs) == text
+    assert runtime.token_eos() == tokenizer.eos_token_id
+    assert runtime.token_bos() == tokenizer.bos_token_id

@@ -41,6 +41,8 @@ LOSS_TARGETS = {
 
 def option(default=None, help: str | None = None, **argparse_kwargs):
     """A training option: its default, and its --help (and argparse's choices, metavar...) for HfArgumentParser."""
+    if help and default is not None and default is not False:  # unset and off say nothing: "(default: None)" is noise
+        help += f" (default: {', '.join(map(str, default)) if isinstance(default, list) else default})"
     metadata = {"help": help, **argparse_kwargs}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -194,14 +196,17 @@ def defaults_table() -> str:
     return "\n".join(lines)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag's help; the epilog (the defaults table) as written."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The epilog (the defaults table) as written; each option's help already ends with its default (option())."""
+
+
+USAGE = "%(prog)s [--stage {language,code}] [--model-size SIZE] [--dataset DATA] [OPTION ...]"
 
 
 def train_parser(description: str | None = None, stage: str | None = None, **kwargs) -> HfArgumentParser:
     """The training flags, parsed from TrainOptions' fields; ``stage`` fixes --stage's default (the recipes)."""
     parser = HfArgumentParser(TRAIN_GROUPS, description=description, formatter_class=HelpFormatter,
-                              epilog=defaults_table(), **kwargs)
+                              epilog=defaults_table(), usage=USAGE, **kwargs)
     if stage:
         parser.set_defaults(stage=stage)
     return parser
