@@ -99,7 +99,8 @@ def cmd_generate(args):
             print("  (stopped at --max-new-tokens before end of text" +
                   ("; cut back to its last complete line)" if sample.guarded else ")"))
         if not sample.good:
-            print("  NOT GOOD: " + ("nothing beyond the prompt parses" if sample.parses else "it does not parse"))
+            print("  NOT GOOD: " + ("it does not parse" if not sample.parses else "it writes no command (nothing, "
+                                   "or only comments, exit or :)"))
         if args.check:
             print("\n".join(check_report(sample.script)))
 
@@ -109,8 +110,10 @@ def cmd_eval(args):
     from .inference.evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
     from .inference.modelio import check_model_folder
     from .inference.sampling import SamplingOptions
+    from .inference.tasks import TASKS_FILE, load_tasks
     from .training.train import corpus_of
 
+    prompts = load_prompts(Path(args.prompts)) if args.prompts else load_tasks(Path(args.tasks or TASKS_FILE))
     model_dir = Path(args.model_dir) if args.trust_remote_code else check_model_folder(args.model_dir)
     lineage_file = model_dir / "bashgpt_training.json"
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
@@ -121,7 +124,6 @@ def cmd_eval(args):
     model, tokenizer = load_for_inference(str(model_dir), args.device, args.trust_remote_code)
     texts = {name: list(load_corpus(src)["validation"]["text"]) if src else None
              for name, src in (("language", language), ("code", code))}
-    prompts = load_prompts(Path(args.prompts)) if args.prompts else load_prompts()
     result = evaluate(model, tokenizer, texts["language"], texts["code"], prompts,
                       samples_per_prompt=args.samples_per_prompt, sampling=SamplingOptions.from_args(args), seq_len=args.seq_len,
                       max_blocks=args.max_blocks, seed=args.seed)
@@ -266,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--language-data", help="stage-1 corpus (default: what the model was trained on)")
     p.add_argument("--code-data", help="bash corpus (default: what the model was fine-tuned on)")
-    p.add_argument("--prompts", help="prompt file, prompts separated by lines '===' (default: the shipped suite)")
+    p.add_argument("--tasks", help="task file: prompts with the commands each task needs, for task relevance "
+                                   "(default: the shipped 74 tasks, bashgpt/inference/tasks.txt, which says the format)")
+    p.add_argument("--prompts", help="plain prompt file instead, prompts separated by lines '===' (no task relevance)")
     p.add_argument("--samples-per-prompt", type=int, default=3)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-blocks", type=int, default=100, help="validation sequences per corpus")

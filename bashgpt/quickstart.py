@@ -48,8 +48,8 @@ class QuickstartPlan:
     # 32,000-token one, and a 4x smaller LM head (2.4x nano's training throughput, bench/quickstart.md); None: the shipped tokenizer
     debian: bool = True  # try Debian packages when apt-get is there and the network answers
     sources: tuple = ("system",)
-    eval_prompts: int = 12
-    samples_per_prompt: int = 3
+    eval_prompts: int | None = None  # the first this many tasks of tasks.txt (None: all 74), one sample each: more
+    samples_per_prompt: int = 1  # tasks rather than more samples of each, for a task relevance that means something
     max_new_tokens: int = 192
     show_samples: int = 2
 
@@ -195,14 +195,15 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
                                    **{k: v for k, v in common.items() if k != "model_size"}))
 
     say("Evaluating: held-out loss on both corpora, and the bash the model writes")
-    from .inference.evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
+    from .inference.evaluate import add_to_model_card, evaluate, format_table, save_json
     from .inference.modelio import load_model_and_tokenizer
+    from .inference.tasks import load_tasks
 
     best = Path(s2["best"])
     model, tok = load_model_and_tokenizer(best)
     sampling = SamplingOptions(max_new_tokens=plan.max_new_tokens)
     result = evaluate(model, tok, list(load_corpus(STDLIB)["validation"]["text"]),
-                      list(load_corpus(str(corpus))["validation"]["text"]), load_prompts()[:plan.eval_prompts],
+                      list(load_corpus(str(corpus))["validation"]["text"]), load_tasks()[:plan.eval_prompts],
                       samples_per_prompt=plan.samples_per_prompt, sampling=sampling, seq_len=plan.seq_len,
                       max_blocks=32, real_scripts=30, deadline=clock.deadline)
     print(format_table(result), flush=True)

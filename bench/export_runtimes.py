@@ -111,7 +111,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bashgpt-export-"))
     model_dir = Path(args.model) if args.model else train_nano(work / "nano")
     texts = real_texts()
-    lines = [f"# `bashgpt export` in other runtimes\n", f"CPU: {cpu_description()}. Model: "
+    lines = ["# `bashgpt export` in other runtimes\n", f"CPU: {cpu_description()}. Model: "
              f"{'`' + args.model + '`' if args.model else 'nano, 150 steps on stdlib (trained by the bench)'}. "
              f"Texts: {len(texts)} ({len(texts) - 2} bash scripts from this machine, 2 English). Command: "
              f"`python bench/export_runtimes.py {' '.join(sys.argv[1:])}`.\n"]

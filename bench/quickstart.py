@@ -59,9 +59,10 @@ def speed(reps: int) -> dict:
 
 def recipe(corpus: Path, minutes: float, work: Path) -> list[dict]:
     import bashgpt.quickstart as qs
-    from bashgpt.inference.evaluate import evaluate, load_prompts
+    from bashgpt.inference.evaluate import evaluate
     from bashgpt.inference.generate import SamplingOptions
     from bashgpt.inference.modelio import load_model_and_tokenizer
+    from bashgpt.inference.tasks import load_tasks
 
     def copy_corpus(plan, tokenizer):
         shutil.copytree(corpus, plan.out / "bash-corpus", dirs_exist_ok=True)
@@ -75,7 +76,7 @@ def recipe(corpus: Path, minutes: float, work: Path) -> list[dict]:
         plan = qs.QuickstartPlan(out=out, minutes=minutes, **changes)
         summary = qs.run_quickstart(plan, device="cpu")
         model, tok = load_model_and_tokenizer(Path(summary["model"]))
-        result = evaluate(model, tok, None, None, load_prompts(), samples_per_prompt=4, progress=False,
+        result = evaluate(model, tok, None, None, load_tasks(), samples_per_prompt=2, progress=False,
                           sampling=SamplingOptions(max_new_tokens=plan.max_new_tokens), seq_len=plan.seq_len)
         quick = json.loads((out / "eval.json").read_text())
         log = [json.loads(line) for line in (out / "stage2" / "log.jsonl").read_text().splitlines()]

@@ -62,11 +62,11 @@ def write_corpus(folder: Path, stories: int, seed: int = 0) -> int:
     return total
 
 
-def timed_run(corpus: Path, out: Path, cache: Path) -> dict:
+def timed_run(corpus: Path, out: Path, cache: Path, *extra: str) -> dict:
     """One nano step in a fresh process: wall seconds and the process's peak resident memory."""
     argv = ["train", "--stage", "language", "--model-size", "nano", "--dataset", str(corpus), "--output-dir", str(out),
             "--num-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--eval-blocks", "2", "--device", "cpu",
-            "--cache-dir", str(cache), "--overwrite", "--report-to", "none"]
+            "--cache-dir", str(cache), "--overwrite", "--report-to", "none", *extra]
     code = ("import resource, sys; from bashgpt.cli import main; rc = main(sys.argv[1:]); "
             "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}  # as a user runs it: all cores
@@ -95,24 +95,28 @@ def main() -> None:
     print(f"first run (tokenising included): {cold}", flush=True)
     warm = timed_run(work / "stories", work / "run-warm", work / "cache")
     print(f"second run (from the cache): {warm}", flush=True)
+    streamed = timed_run(work / "stories", work / "run-streaming", work / "cache-streaming", "--streaming")
+    print(f"--streaming (nothing tokenised ahead, nothing cached): {streamed}", flush=True)
     cache_bytes = sum(f.stat().st_size for f in (work / "cache").glob("*.tokens"))
     said = (work / "run-cold" / "train.log").read_text()
     millions = [float(m) for m in re.findall(r"/ ([\d.]+)M tokens|, validation [\d,]+ / ([\d.]+)M", said) for m in m if m]
     tokens = sum(millions) * 1e6
     result = {"cpu": cpu_description(), "cores": os.cpu_count(), "stories": args.stories,
-              "text_gb": round(text_bytes / 1e9, 3), "first_run": cold, "second_run": warm,
+              "text_gb": round(text_bytes / 1e9, 3), "first_run": cold, "second_run": warm, "streaming_run": streamed,
               "cache_gb": round(cache_bytes / 1e9, 3), "tokens_millions": round(sum(millions), 2),
               "cache_bytes_per_token": round(cache_bytes / tokens, 2) if tokens else None}
     Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
     Path(args.out + ".md").write_text("\n".join([
         "# Stage 1 at TinyStories' size", "",
         f"`python bench/stage1_data.py --stories {args.stories}` on {result['cpu']}, {result['cores']} cores.", "",
-        "| stories | text | first run (to its first step and past it) | second run (from the cache) | cache | peak memory |",
-        "|---|---|---|---|---|---|",
+        "| stories | text | first run (to its first step and past it) | second run (from the cache) | cache | peak memory "
+        "| --streaming run (peak memory) |",
+        "|---|---|---|---|---|---|---|",
         f"| {args.stories:,} | {result['text_gb']:.2f} GB | {cold['seconds'] / 60:.1f} min | {warm['seconds']:.0f} s | "
         f"{result['cache_gb']:.2f} GB, {result['tokens_millions']:.0f}M tokens "
         f"({result['cache_bytes_per_token']} bytes/token) | "
-        f"{max(cold['peak_rss_gb'], warm['peak_rss_gb']):.2f} GB |", ""]) + "\n")
+        f"{max(cold['peak_rss_gb'], warm['peak_rss_gb']):.2f} GB | {streamed['seconds']:.0f} s "
+        f"({streamed['peak_rss_gb']:.2f} GB) |", ""]) + "\n")
     print(json.dumps(result, indent=2))
 
 

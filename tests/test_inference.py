@@ -149,7 +149,7 @@ def test_evaluation_starts_no_prompt_that_would_end_after_the_deadline(nano_dir,
                                       sampling=SamplingOptions(max_new_tokens=4), progress=False, deadline=25.0)
     assert result["prompts_done"] == "2 of 4 (the time budget ran out)" and clock["now"] == 20.0
     assert result["guarded"]["samples"] == 4
-    assert [e["prompt"] for e in result["examples"]] == prompts[:2]
+    assert {e["prompt"] for e in result["examples"]} <= set(prompts[:2])  # only samples that do something are shown
 
 
 def _corrupt(folder: Path, how: str) -> Path:

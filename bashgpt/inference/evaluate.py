@@ -1,8 +1,9 @@
 """Evaluate a model: held-out loss on both corpora, and the quality of the bash it writes.
 
 Quality is judged without running anything: ``bash -n`` parse rate, ShellCheck error-free
-and warning-free rates, the share of samples that end with end-of-text, and distinct n-grams
-(repetition). The same measures on real validation scripts are printed beside the model's.
+and warning-free rates, the share of samples that end with end-of-text, distinct n-grams
+(repetition), and task relevance (tasks.py). The same measures on real validation scripts are
+printed beside the model's.
 """
 
 import json
@@ -20,11 +21,11 @@ from ..errors import UserError
 from .generate import generate
 from .sampling import SamplingOptions
 from .shellcheck import bash_parse, shellcheck, shellcheck_binary
+from .tasks import Task, chance_level, has_command, reference_scores, relevance_rates
 
-PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.txt"
 
-
-def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
+def load_prompts(path: Path) -> list[str]:
+    """Plain prompts separated by lines '===' (``bashgpt eval --prompts``; tasks.txt is the default set)."""
     prompts = [p.strip("\n") + "\n" for p in path.read_text().split("\n===\n") if p.strip()]
     if not prompts:
         raise UserError(f"no prompts in {path}; separate prompts with a line '==='")
@@ -106,12 +107,15 @@ def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None,
 
 
 def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: list[str] | None,
-             prompts: list[str], samples_per_prompt: int = 3, sampling: SamplingOptions | None = None,
+             prompts: list[str] | list[Task], samples_per_prompt: int = 3, sampling: SamplingOptions | None = None,
              seq_len: int = 256, max_blocks: int = 100, real_scripts: int = 50, seed: int = 0,
              progress: bool = True, deadline: float | None = None) -> dict:
-    """Every measure in one dictionary (what ``bashgpt eval`` prints and saves). With ``deadline`` (a
-    ``time.monotonic()`` value), no new prompt is started that the slowest one so far says would end after it;
-    the result says how many were done."""
+    """Every measure in one dictionary (what ``bashgpt eval`` prints and saves). ``prompts`` given as tasks
+    (tasks.py) add task relevance. With ``deadline`` (a ``time.monotonic()`` value), no new prompt is started that
+    the slowest one so far says would end after it; the result says how many were done."""
+    tasks = [p for p in prompts if isinstance(p, Task)]
+    tasks = tasks if len(tasks) == len(prompts) else None
+    prompts = [t.prompt for t in tasks] if tasks else prompts
     sampling = sampling or SamplingOptions(max_new_tokens=200)
     seq_len = min(seq_len, model.config.max_position_embeddings)
     result = {"heldout": {}}
@@ -135,11 +139,41 @@ def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: lis
     if code_texts:
         real = code_texts[:real_scripts]
         result["real"] = script_quality(real, tokenizer, None).as_dict()
+    if tasks:
+        result["relevance"] = task_relevance(samples, tasks, samples_per_prompt, code_texts)
     result["shellcheck"] = "available" if shellcheck_binary() else (
         "not installed: pip install 'bashgpt[shellcheck]' (or apt/brew install shellcheck) for ShellCheck rates")
-    result["examples"] = [{"prompt": s.prompt, "completion": s.completion}  # one guarded sample of each first prompt
-                          for s in samples["guarded"][::samples_per_prompt][:3]]
+    # one guarded sample of each first prompt, the first of its samples that does something
+    result["examples"] = [{"prompt": s.prompt, "completion": s.completion} for s in shown_samples(samples["guarded"])][:3]
     return result
+
+
+def shown_samples(samples: list) -> list:
+    """One sample per prompt to show: its first with a command in it (a script that does nothing is never shown)."""
+    chosen = {}
+    for s in samples:
+        if s.prompt not in chosen and has_command(s.completion):
+            chosen[s.prompt] = s
+    return list(chosen.values())
+
+
+def task_relevance(samples: dict, tasks: list[Task], samples_per_prompt: int, code_texts: list[str] | None,
+                   chance_scripts: int = 200) -> dict:
+    """On-task and no-command shares of raw and guarded samples, beside the set's own scripts (the ceiling) and the
+    chance level: real validation scripts paired with every task, else the set's scripts with the others' tasks."""
+    out = {}
+    for kind, made in samples.items():
+        out[kind] = relevance_rates([s.completion for s in made],
+                                    [tasks[i // samples_per_prompt] for i in range(len(made))])
+    done = tasks[:len(samples["guarded"]) // samples_per_prompt]
+    ref = reference_scores(done)
+    out["reference"] = {"scripts": ref["scripts"], "on_task": ref["on_task"]}
+    if code_texts:
+        out["chance"] = {"on_task": chance_level(code_texts[:chance_scripts], done),
+                         "from": f"{min(len(code_texts), chance_scripts)} real validation scripts x every task"}
+    else:
+        out["chance"] = {"on_task": ref["chance"], "from": "the set's scripts x the other tasks"}
+    return out
 
 
 def _fmt(value) -> str:
@@ -161,6 +195,15 @@ def format_table(result: dict) -> str:
                      f"    {_fmt(real.get(key)):>8}")
     lines.append("  (guarded: each line checked as it is written, see `bashgpt generate --help`; a guarded script cut "
                  "back to its prompt counts as not parsing)")
+    if "relevance" in result:
+        rel = result["relevance"]
+        lines += ["", "Task relevance             raw model  guarded  scripts for the tasks  chance",
+                  f"  {'uses a command the task needs':<24} {_fmt(rel['raw']['on_task']):>8} "
+                  f"{_fmt(rel['guarded']['on_task']):>8} {_fmt(rel['reference']['on_task']):>14} "
+                  f"{_fmt(rel['chance']['on_task']):>11}",
+                  f"  {'writes no command at all':<24} {_fmt(rel['raw']['no_command']):>8} "
+                  f"{_fmt(rel['guarded']['no_command']):>8}",
+                  f"  (chance: {rel['chance']['from']}; tasks and their commands: bashgpt/inference/tasks.txt)"]
     if result["shellcheck"] != "available":
         lines.append(f"  (ShellCheck {result['shellcheck']})")
     return "\n".join(lines)

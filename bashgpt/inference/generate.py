@@ -18,6 +18,7 @@ from .packed_linear import linears_packed
 from .sampling import SamplingOptions
 from .shellcheck import bash_parse, shellcheck
 from .syntax_guard import LineChecker, guarded_generate
+from .tasks import has_command
 
 
 @dataclass
@@ -38,9 +39,14 @@ class Sample:
         return bash_parse(self.script).ok
 
     @property
+    def does_something(self) -> bool:
+        """The model wrote a command (not nothing, or only comments, ``exit`` or ``:``; tasks.has_command)."""
+        return has_command(self.completion)
+
+    @property
     def good(self) -> bool:
-        """It parses and the model wrote something (a guarded sample may be cut back to its prompt)."""
-        return bool(self.completion.strip()) and self.parses
+        """It parses and the model wrote a command (a guarded sample may be cut back to its prompt)."""
+        return self.does_something and self.parses
 
 
 def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_samples: int = 1, seed: int | None = None,

@@ -38,6 +38,7 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, Sto
 
 from .engine import decode
 from .shellcheck import bash_parse
+from .tasks import has_command
 
 COMPLETE, UNFINISHED, BROKEN = "complete", "unfinished", "broken"
 OPEN_STRING = "open string"  # unfinished inside "...", `...` or ${...}: broken unless it was already open
@@ -88,7 +89,7 @@ class ScriptGuard:
     max_rollbacks: int = 32
     max_open_lines: int = 6  # a single-quoted string open over more line ends: its first line is redone
     marks: list = field(default_factory=list)  # (length, verdict) of each accepted line end, the prompt's first
-    written: list = field(default_factory=list)  # per mark: has the model written a non-blank line by then
+    written: list = field(default_factory=list)  # per mark: has the model written a command by then (tasks.py)
     banned: dict = field(default_factory=dict)  # length -> first tokens of failed tries there
     retries: int = 0
     rollbacks: int = 0
@@ -117,7 +118,7 @@ class ScriptGuard:
                 return self.take_back(ids, lines=open_lines)  # redo the line that opened the quote
         if verdict != BROKEN:
             self.marks.append((len(ids), verdict))
-            self.written.append(self.written[-1] or bool(self.checker.text(ids[self.start:]).strip()))
+            self.written.append(self.written[-1] or has_command(self.checker.text(ids[self.start:])))
             self.retries = 0
             return None
         if not self.can_take_back:
@@ -152,8 +153,8 @@ class ScriptGuard:
         return back
 
     def may_end(self, length: int) -> bool:
-        """End of text only right after a line where the script parses, and only once the model has written
-        something of its own (ending at once, after the prompt, is not a script)."""
+        """End of text only right after a line where the script parses, and only once the model has written a
+        command of its own (ending after the prompt, or after only comments, ``exit`` or ``:``, is not a script)."""
         if not self.active:
             return True
         return self.marks[-1] == (length, COMPLETE) and self.written[-1]
