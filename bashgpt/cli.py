@@ -109,11 +109,13 @@ def cmd_eval(args):
     from .data.corpus import load_corpus
     from .inference.evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
     from .inference.modelio import check_model_folder
+    from .inference.nl2sh import evaluate_nl2sh, load_nl2sh
     from .inference.sampling import SamplingOptions
     from .inference.tasks import TASKS_FILE, load_tasks
     from .training.train import corpus_of
 
     prompts = load_prompts(Path(args.prompts)) if args.prompts else load_tasks(Path(args.tasks or TASKS_FILE))
+    nl2sh_tasks = load_nl2sh()[:args.nl2sh_tasks] if args.nl2sh else None
     model_dir = Path(args.model_dir) if args.trust_remote_code else check_model_folder(args.model_dir)
     lineage_file = model_dir / "bashgpt_training.json"
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
@@ -127,6 +129,8 @@ def cmd_eval(args):
     result = evaluate(model, tokenizer, texts["language"], texts["code"], prompts,
                       samples_per_prompt=args.samples_per_prompt, sampling=SamplingOptions.from_args(args), seq_len=args.seq_len,
                       max_blocks=args.max_blocks, seed=args.seed)
+    if nl2sh_tasks:
+        result["nl2sh"] = evaluate_nl2sh(model, tokenizer, nl2sh_tasks, SamplingOptions.from_args(args), seed=args.seed)
     result["data"] = {"language": language, "code": code}
     print(format_table(result))
     out = Path(args.out) if args.out else model_dir / "eval.json"
@@ -271,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="task file: prompts with the commands each task needs, for task relevance "
                                    "(default: the shipped 74 tasks, bashgpt/inference/tasks.txt, which says the format)")
     p.add_argument("--prompts", help="plain prompt file instead, prompts separated by lines '===' (no task relevance)")
+    p.add_argument("--nl2sh", action="store_true", help="also score NL2SH-ALFA's 300 tasks (pip install "
+                   "'bashgpt[nl2sh]'): one guarded sample each, credited when it uses the reference command's "
+                   "utilities; nothing is run")
+    p.add_argument("--nl2sh-tasks", type=int, metavar="N", help="only the first N NL2SH-ALFA tasks")
     p.add_argument("--samples-per-prompt", type=int, default=3)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-blocks", type=int, default=100, help="validation sequences per corpus")

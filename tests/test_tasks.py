@@ -1,5 +1,8 @@
 """Task relevance: the shipped task set, what counts as using a command, scripts that do nothing, bad task files."""
 
+import json
+import re
+
 import pytest
 from test_syntax_guard import feed, ids_of
 
@@ -8,6 +11,7 @@ from bashgpt.cli import main
 from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
 from bashgpt.inference import evaluate as evaluate_module
 from bashgpt.inference.generate import Sample, rank
+from bashgpt.inference.nl2sh import Nl2shError, Nl2shTask, load_nl2sh, nl2sh_scores, utilities
 from bashgpt.inference.sampling import SamplingOptions
 from bashgpt.inference.shellcheck import bash_parse
 from bashgpt.inference.syntax_guard import LineChecker, ScriptGuard
@@ -158,3 +162,76 @@ def test_eval_with_a_bad_task_file_exits_2_before_loading_anything(tmp_path, cap
     assert main(["eval", str(tmp_path / "no-model-here"), "--tasks", str(tmp_path / "tasks.txt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "names no commands" in err
+
+
+# --- NL2SH-ALFA ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command, expected", [
+    ('find testbed -type f -name "*.py" | wc -l', ["find", "wc"]),
+    ("sudo timeout 5 ping -c 1 host", ["ping"]),
+    ("find . -name x -exec grep -l foo {} \\;", ["find", "grep"]),
+    ("LANG=C sort f | uniq -c", ["sort", "uniq"]),
+    ("echo $(date +%F) > f", ["date"]),
+    ("ls | xargs -n1 basename", ["ls", "xargs", "basename"]),
+    ("cat a && (cd b; make)", ["cat", "cd", "make"]),
+])
+def test_the_utilities_of_a_reference_command(command, expected):
+    assert utilities(command) == expected
+
+
+def test_the_installed_nl2sh_alfa_has_its_300_tasks():
+    tasks = load_nl2sh()
+    assert len(tasks) == 300
+    first = tasks[0]
+    assert first.prompt == "#!/bin/bash\n# list files in the current directory\n"
+    assert first.utilities == ("ls",) and first.references == ("ls", "ls -l")
+    assert sum(bool(t.utilities) for t in tasks) >= 280  # a few references are only echo
+
+
+def test_nl2sh_scores_any_all_and_chance():
+    tasks = [Nl2shTask("q1", ("find . | wc -l",), ("find", "wc")), Nl2shTask("q2", ("df -h",), ("df",))]
+    scores = nl2sh_scores(["find . -type f | wc -l\n", "# no idea\n"], tasks)
+    assert scores == {"tasks": 2, "any_utility": 0.5, "all_utilities": 0.5, "chance_any": 0.0}
+    assert nl2sh_scores(["find .\n", "find / | wc\n"], tasks)["chance_any"] == 0.5  # sample 2 uses task 1's tools
+
+
+@pytest.mark.parametrize("layout, message", [
+    (None, "pip install 'bashgpt[nl2sh]'"),
+    ({}, "laid out differently"),
+    ({"nl2bash_fs_1.json": "{\"not\": \"a list\"}"}, "stores its tasks differently"),
+    ({"nl2bash_fs_1.json": "[{\"question\": \"x\", \"answer\": \"ls\"}]"}, "stores its tasks differently"),
+    ({"nl2bash_fs_1.json": "[{\"query\": \"x\", \"gold\": \"ls\"}"}, "cannot read"),
+])
+def test_an_nl2sh_release_laid_out_otherwise_is_one_line(tmp_path, monkeypatch, layout, message):
+    import importlib.machinery
+    import importlib.util
+
+    if layout is not None:
+        (tmp_path / "icalfa" / "assets" / "datasets").mkdir(parents=True)
+        for name, text in layout.items():
+            (tmp_path / "icalfa" / "assets" / "datasets" / name).write_text(text)
+    spec = None if layout is None else importlib.machinery.ModuleSpec("icalfa", None, is_package=True)
+    if spec is not None:
+        spec.submodule_search_locations = [str(tmp_path / "icalfa")]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "icalfa" else real(name, *a))
+    with pytest.raises(Nl2shError, match=re.escape(message)) as err:
+        load_nl2sh()
+    assert "\n" not in str(err.value)
+
+
+def test_eval_scores_nl2sh_alfa_without_running_anything(nano, tmp_path, capsys):
+    from bashgpt.inference.modelio import save_model_folder
+
+    model, tok = nano
+    folder = save_model_folder(model, tok, tmp_path / "m")
+    (tmp_path / "code.jsonl").write_text('{"text": "#!/bin/sh\\nls -l\\n"}\n{"text": "#!/bin/sh\\ndf -h\\n"}\n')
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("=== list: ls\n#!/bin/sh\n# List the files.\n")
+    assert main(["eval", str(folder), "--code-data", str(tmp_path / "code.jsonl"), "--tasks", str(tasks),
+                 "--samples-per-prompt", "1", "--max-new-tokens", "8", "--max-blocks", "1", "--nl2sh",
+                 "--nl2sh-tasks", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "NL2SH-ALFA (3 tasks" in out and "Task relevance" in out
+    result = json.loads((folder / "eval.json").read_text())
+    assert set(result["nl2sh"]) == {"tasks", "any_utility", "all_utilities", "chance_any"}

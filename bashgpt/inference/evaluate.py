@@ -204,6 +204,12 @@ def format_table(result: dict) -> str:
                   f"  {'writes no command at all':<24} {_fmt(rel['raw']['no_command']):>8} "
                   f"{_fmt(rel['guarded']['no_command']):>8}",
                   f"  (chance: {rel['chance']['from']}; tasks and their commands: bashgpt/inference/tasks.txt)"]
+    if "nl2sh" in result:
+        n = result["nl2sh"]
+        lines += ["", f"NL2SH-ALFA ({n['tasks']} tasks, one guarded sample each; never run)",
+                  f"  uses a utility of the reference command   {_fmt(n['any_utility']):>8}   (chance "
+                  f"{_fmt(n['chance_any'])}: the same samples against the other tasks)",
+                  f"  uses all of them                          {_fmt(n['all_utilities']):>8}"]
     if result["shellcheck"] != "available":
         lines.append(f"  (ShellCheck {result['shellcheck']})")
     return "\n".join(lines)
