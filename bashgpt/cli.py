@@ -18,6 +18,7 @@ def cmd_collect(args):
 
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     manifest = collect(args.sources, args.out, validation_fraction=args.validation_fraction, seed=args.seed,
+                       pairs=tuple(k for k in args.pairs.split(",") if k),
                        max_bytes=args.max_bytes, near_threshold=args.near_threshold, cache=args.cache,
                        tokenizer=tokenizer)
     print(format_summary(manifest, args.out, block_size=args.block_size))
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     from transformers import HfArgumentParser
 
     from .data.cache_dirs import cache_root, packed_cache_dir
+    from .data.collect import PAIR_KINDS
     from .data.tokenization import default_tokenizer_dir
     from .training.options import USAGE as TRAIN_USAGE
     from .training.options import HelpFormatter, MemoryLevers, defaults_table, train_parser
@@ -239,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=str(cache_root()), help="where Debian packages are downloaded and unpacked")
     p.add_argument("--tokenizer", default=str(default_tokenizer_dir()), help="tokenizer for the token counts")
     p.add_argument("--block-size", type=int, default=1024, help="sequence length for the summary's sequence count")
+    p.add_argument("--pairs", default="", metavar="KIND[,KIND]",
+                   help=f"add description-and-code pairs in the prompt's shape to the training split, mined from the "
+                        f"collected scripts and the Debian packages' man pages: {', '.join(PAIR_KINDS)} (default: "
+                        f"none; bench/pairs.md measures what each does to task relevance)")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("train", help="train a stage: --stage language (TinyStories) or --stage code (bash)",

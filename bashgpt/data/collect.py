@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..inference.shellcheck import bash_parse
 from .cache_dirs import cache_root
+from .pairs import Contamination, comment_pairs, man_page_pairs
 from .tokenization import encode_batch
 
 
@@ -61,7 +62,8 @@ MIN_ALNUM_FRACTION = 0.25
 
 SKIP_REASONS = ("not_shell", "binary", "non_utf8", "empty", "too_large", "symlink_loop", "symlink_broken",
                 "symlink_outside", "symlink_inside", "unreadable", "generated", "long_line", "long_mean_line", "low_alnum",
-                "exact_duplicate", "near_duplicate")
+                "exact_duplicate", "near_duplicate", "evaluation_overlap")
+PAIR_KINDS = ("comment", "header", "man")  # pairs.py
 
 
 class CollectError(UserError):
@@ -430,6 +432,15 @@ def split_train_validation(scripts: list[Script], fraction: float, seed: int) ->
 
 # ----------------------------------------------------------------------------- the whole job
 
+def debian_names(word: str) -> list[str]:
+    """The packages of a 'debian:PKG,PKG' source ('debian:' alone: the default list), checked."""
+    names = [p for p in word[len("debian:"):].split(",") if p] or list(DEFAULT_DEBIAN_PACKAGES)
+    bad = [p for p in names if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p)]
+    if bad:
+        raise CollectError(f"not a Debian package name: {', '.join(bad)}; use debian:PKG,PKG")
+    return names
+
+
 def parse_sources(sources: list[str], cache: Path) -> list[tuple[str, object]]:
     """Turn command-line source words into (kind, iterator factory) pairs, checking them first."""
     parsed = []
@@ -437,10 +448,7 @@ def parse_sources(sources: list[str], cache: Path) -> list[tuple[str, object]]:
         if word == "system":
             parsed.append(("system", lambda: system_candidates()))
         elif word.startswith("debian:"):
-            names = [p for p in word[len("debian:"):].split(",") if p] or list(DEFAULT_DEBIAN_PACKAGES)
-            bad = [p for p in names if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p)]
-            if bad:
-                raise CollectError(f"not a Debian package name: {', '.join(bad)}; use debian:PKG,PKG")
+            names = debian_names(word)
             parsed.append(("debian", lambda names=names: debian_candidates(names, cache)))
         elif word.startswith("hub:"):
             parsed.append(("hub", lambda spec=word[4:]: hub_scripts(spec)))
@@ -490,18 +498,65 @@ def write_jsonl(path: Path, scripts: list[Script]) -> None:
     os.replace(tmp, path)
 
 
+def mine_pairs(train: list[Script], sources: list[str], cache: Path, contamination: Contamination,
+               kinds: tuple[str, ...], progress: bool) -> tuple[list[Script], dict]:
+    """Description-and-code pairs (pairs.py) from the training scripts and the Debian sources' man pages, each with
+    the provenance of what it was cut from; deduplicated among themselves and against the scripts (exactly and
+    near), clear of evaluation, and parsing with ``bash -n``. Returns them and their counts by kind."""
+    mined: list[Script] = []
+    for script in train:
+        for kind, text, line in comment_pairs(script.text):
+            if kind in kinds:
+                mined.append(replace(script, text=text, source=f"pair:{kind}", path=f"{script.path}#L{line}",
+                                     bash_n_ok=None, bash_n_error=""))
+    if "man" in kinds:
+        for word in (w for w in sources if w.startswith("debian:")):
+            for package, version, root in fetch_debian(debian_names(word), cache):
+                licence = debian_copyright_licence(root, package)
+                mined += [Script(text, "pair:man", package, version, path, licence, "bash")
+                          for text, path in man_page_pairs(root)]
+    counts = {kind: {"mined": sum(p.source == f"pair:{kind}" for p in mined)} for kind in kinds}
+    seen, unique, overlap = {normalised_hash(s.text) for s in train}, [], 0
+    for pair in mined:
+        h = normalised_hash(pair.text)
+        if contamination.found_in(pair.text):
+            overlap += 1
+        elif h not in seen:
+            seen.add(h)
+            unique.append(pair)
+    twins = near_duplicates([s.text for s in train] + [p.text for p in unique])[len(train):]
+    kept = [p for p, twin in zip(unique, twins, strict=True) if twin is None]
+    check_syntax(kept, progress)
+    kept = [p for p in kept if p.bash_n_ok]
+    for kind in kinds:
+        counts[kind]["kept"] = sum(p.source == f"pair:{kind}" for p in kept)
+    counts["dropped_for_evaluation_overlap"] = overlap
+    return kept, counts
+
+
 def collect(sources: list[str], out: str | Path, validation_fraction: float = 0.05, seed: int = 0,
             max_bytes: int = 1_000_000, near_threshold: float = 0.7, cache: str | Path | None = None,
-            tokenizer=None, progress: bool = True) -> dict:
-    """Collect, clean, split and write the bash corpus; returns the manifest."""
+            tokenizer=None, progress: bool = True, pairs: tuple[str, ...] = ()) -> dict:
+    """Collect, clean, split and write the bash corpus; returns the manifest. ``pairs``: the kinds of
+    description-and-code pairs (PAIR_KINDS) added to the training split."""
     if not sources:
         raise CollectError("no sources given; pass folders, 'system', 'debian:' or 'hub:NAME'")
+    unknown = [k for k in pairs if k not in PAIR_KINDS]
+    if unknown:
+        raise CollectError(f"unknown pair kind(s) {', '.join(unknown)}; choose from {', '.join(PAIR_KINDS)}")
     out = Path(out)
     cache = Path(cache) if cache else cache_root()
+    contamination = Contamination.of_evaluation()  # before any work: a bad task file stops here
     scripts, report = gather(sources, cache, max_bytes, progress)
     kept = deduplicate(scripts, report, near_threshold)
-    check_syntax(kept, progress)
-    train, validation = split_train_validation(kept, validation_fraction, seed)
+    clean = [s for s in kept if not contamination.found_in(s.text)]
+    report.skipped["evaluation_overlap"] += len(kept) - len(clean)
+    check_syntax(clean, progress)
+    train, validation = split_train_validation(clean, validation_fraction, seed)
+    pair_counts = {}
+    if pairs:
+        mined, pair_counts = mine_pairs(train, sources, cache, contamination, pairs, progress)
+        train += mined
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "validation.jsonl", validation)
@@ -509,7 +564,8 @@ def collect(sources: list[str], out: str | Path, validation_fraction: float = 0.
     def summary(split):
         d = {"files": len(split), "bytes": sum(len(s.text.encode()) for s in split),
              "projects": len({(s.source, s.project) for s in split}),
-             "bash_n_ok": sum(bool(s.bash_n_ok) for s in split)}
+             "bash_n_ok": sum(bool(s.bash_n_ok) for s in split),
+             "pairs": sum(s.source.startswith("pair:") for s in split)}
         if tokenizer is not None:
             d["tokens"] = sum(len(ids) + 1 for ids in encode_batch(tokenizer, [s.text for s in split]))
         return d
@@ -522,8 +578,9 @@ def collect(sources: list[str], out: str | Path, validation_fraction: float = 0.
                                  "min_alnum_fraction": MIN_ALNUM_FRACTION}},
         "files_seen": report.seen,
         "skipped": {reason: report.skipped.get(reason, 0) for reason in SKIP_REASONS},
-        "kept": len(kept),
-        "projects": sorted({f"{s.source}:{s.project}" + (f"={s.version}" if s.version else "") for s in kept}),
+        "kept": len(clean),
+        "pairs": pair_counts,
+        "projects": sorted({f"{s.source}:{s.project}" + (f"={s.version}" if s.version else "") for s in clean}),
         "splits": {"train": summary(train), "validation": summary(validation)},
     }
     tmp = out / "manifest.json.tmp"

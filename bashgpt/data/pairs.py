@@ -1,0 +1,264 @@
+"""Description-and-code pairs in the prompt's own shape, mined from what ``bashgpt collect`` already has.
+
+A pair is a training document ``#!/bin/bash`` + ``# <what it does>`` + the code that does it, which is how bashgpt
+is prompted. Three kinds:
+
+- ``comment``: a comment that introduces a top-level block or function of a collected script, and that block;
+- ``header``: a script's header comment that says what the script does, and the script's first block of code;
+- ``man``: the EXAMPLES section of a man page in the same Debian packages, a sentence and the command it describes.
+
+Each pair keeps the source, package, version, path and licence of what it was cut from. Pairs are mined from the
+training split only, so nothing of a validation script reaches training through them; they are deduplicated among
+themselves and against the scripts (exactly, and near-duplicates by MinHash); and any pair that holds an evaluation
+task's description or its real script, or an NL2SH-ALFA task or reference command, is dropped, as is any script that
+holds one (``Contamination``).
+"""
+
+import gzip
+import re
+from pathlib import Path
+
+MAX_BLOCK_LINES = 30
+MAX_DESCRIPTION_WORDS = 25
+NOT_A_DESCRIPTION = re.compile(
+    r"copyright|licen[cs]e|spdx|author|maintainer|vim?:|-\*-|shellcheck|\btodo\b|fixme|xxx|https?://|@|"
+    r"^(usage|example|note|see|warning|hack|bug|version)\b|gnu general|warranty|free software|"
+    r"^(this|the) (file|script|program) is (part|free|distributed)|all rights reserved", re.IGNORECASE)
+LOOKS_LIKE_CODE = re.compile(r"[$;|{}\[\]=`<>\\]|\(\)|^\s*(if|then|fi|for|do|done|while|case|esac|else|echo|"
+                             r"export|local|return|exit|set|cd|rm|mkdir)\b|^\S+ -\w")
+SHEBANG = "#!/bin/bash\n"
+
+
+def description(text: str) -> str | None:
+    """``text`` (comment lines without their '#') as a one-line task, or None when it does not read as one."""
+    text = " ".join(text.split())
+    words = text.split()
+    if not 3 <= len(words) <= MAX_DESCRIPTION_WORDS or not re.match(r"[A-Za-z]", text):
+        return None
+    if NOT_A_DESCRIPTION.search(text) or LOOKS_LIKE_CODE.search(text) or sum(c.isalpha() for c in text) < 0.7 * len(
+            text.replace(" ", "")):
+        return None
+    text = re.sub(r"^(this (script|function|command|example) (will )?|this will |it |will |to )", "", text,
+                  flags=re.IGNORECASE)
+    text = re.sub(r", (use|run|type|try|you can|simply|the following)\b.*$", "", text, flags=re.IGNORECASE)
+    text = text.strip(" :;,-")
+    if len(text.split()) < 3:
+        return None
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def pair_text(desc: str, code: str) -> str:
+    return f"{SHEBANG}# {desc}\n{code.rstrip()}\n"
+
+
+def is_comment(line: str) -> bool:
+    return line.startswith("#") and not line.startswith("#!")
+
+
+def top_level_block(lines: list[str], start: int) -> list[str]:
+    """The block of code that starts at ``lines[start]`` (column 0): up to a blank line or a comment at column 0; a
+    function or compound command that opens there runs to its closing line at column 0 (none: not cut short)."""
+    first = lines[start]
+    closer = None
+    if re.match(r"^(function\s+)?[\w:.-]+\s*\(\)|^function\s+[\w:.-]+", first):
+        if first.rstrip().endswith("}"):
+            return [first]  # a one-line function
+        closer = re.compile(r"^\}")
+    elif re.match(r"^(if|for|while|until|case)\b", first) and not re.search(r"\b(fi|done|esac)\s*;?\s*$", first):
+        closer = re.compile(r"^(fi|done|esac)\b")
+    block = []
+    for line in lines[start:start + MAX_BLOCK_LINES]:
+        block.append(line)
+        if closer:
+            if len(block) > 1 and closer.match(line):
+                return block
+            continue
+        nxt = start + len(block)
+        if nxt >= len(lines) or not lines[nxt].strip() or is_comment(lines[nxt]):
+            return block
+    return [] if closer else block
+
+
+def comment_pairs(script: str) -> list[tuple[str, str, int]]:
+    """(kind, text, line) of the script's header pair and its comment-and-block pairs."""
+    lines = script.splitlines()
+    out, header_done, i = [], False, 1 if lines and lines[0].startswith("#!") else 0
+    while i < len(lines):
+        if not is_comment(lines[i]):
+            if lines[i].strip():
+                header_done = True  # the header is the comments before the first code
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and is_comment(lines[j]):
+            j += 1
+        comments = [c.lstrip("#").strip() for c in lines[i:j]]
+        if j < len(lines) and lines[j].strip() and not lines[j][0].isspace():
+            desc = description(" ".join(c for c in comments[-3:] if c))
+            block = top_level_block(lines, j)
+            if desc and block:
+                out.append(("header" if not header_done else "comment", pair_text(desc, "\n".join(block)), i + 1))
+        elif not header_done:  # a header followed by a blank line: its first sentence, with the first code block
+            first = next((k for k in range(j, len(lines)) if lines[k].strip() and not is_comment(lines[k])), None)
+            sentence = next((description(c) for c in comments if description(c)), None)
+            if first is not None and not lines[first][0].isspace() and sentence:
+                block = top_level_block(lines, first)
+                if block:
+                    out.append(("header", pair_text(sentence, "\n".join(block)), i + 1))
+        header_done = header_done or j < len(lines) and bool(lines[j].strip())
+        i = j
+    return out
+
+
+# ----------------------------------------------------------------------------- man pages
+
+ROFF_ESCAPES = [(r"\\f(\[[^\]]*\]|\(..|.)", ""), (r"\\\(aq", "'"), (r"\\\(dq", '"'), (r"\\\((lq|rq)", '"'),
+                (r"\\\((em|en)", "-"), (r"\\\(..", ""), (r"\\\*\(..|\\\*\[[^\]]*\]|\\\*.", ""), (r"\\-", "-"),
+                (r"\\e", "\\\\"), (r"\\&|\\\||\\\^|\\%", ""), (r"\\ ", " "), (r"\\c$", ""),
+                (r"\\\[[^\]]*\]", "")]
+CODE_ON, CODE_OFF = {".nf", ".EX"}, {".fi", ".EE"}
+BREAKS = {".PP", ".P", ".LP", ".TP", ".IP", ".sp", ".br", ".HP", ".TQ"}
+
+
+def plain(text: str) -> str:
+    for pattern, repl in ROFF_ESCAPES:
+        text = re.sub(pattern, repl, text)
+    return text
+
+
+def roff_items(source: str) -> list[tuple[str, str]]:
+    """The EXAMPLES section of a man page as ("text", paragraph) and ("code", lines) items."""
+    items, section, code, para, in_code = [], False, [], [], False
+
+    def flush():
+        nonlocal para, code
+        if para:
+            items.append(("text", " ".join(para)))
+        if code:
+            items.append(("code", "\n".join(code)))
+        para, code = [], []
+
+    for raw in source.splitlines():
+        if raw.startswith((".SH", ".Sh")):
+            flush()
+            if section:
+                break
+            section = bool(re.search(r"EXAMPLES?\b", raw, re.IGNORECASE))
+            continue
+        if not section or raw.startswith(('.\\"', "'\\\"")):
+            continue
+        request = raw.split(" ", 1)[0]
+        if request in CODE_ON:
+            flush()
+            in_code = True
+        elif request in CODE_OFF:
+            flush()
+            in_code = False
+        elif request in BREAKS or request in (".RS", ".RE", ".in"):
+            flush()
+        elif in_code:
+            line = plain(raw[3:] if request in (".B", ".I") else raw)
+            code.append(re.sub(r"^\s*[$%#] ", "", line).rstrip())
+        elif request in (".B", ".BI", ".BR", ".I", ".IR", ".RB"):
+            words = plain(raw.split(" ", 1)[1] if " " in raw else "").replace('"', "")
+            if request == ".B" and para == []:
+                code.append(re.sub(r"^\s*[$%#] ", "", words))  # a bold line on its own is a command (.TP style)
+            else:
+                para.append(words)
+        elif raw.startswith("."):
+            continue
+        elif re.match(r"^\\fB.*\\f[RP]\s*$", raw) and not para:
+            flush()
+            code.append(re.sub(r"^\s*[$%#] ", "", plain(raw)))
+            items.append(("code", "\n".join(code)))
+            code = []
+        else:
+            para.append(plain(raw))
+    flush()
+    return items
+
+
+def command_lines(text: str, page: str) -> list[str]:
+    """The lines of an example that run the page's program (and lines they continue with a backslash); what the
+    example shows it printing is left out."""
+    out, continued = [], False
+    for line in text.splitlines():
+        if continued or re.match(rf"^\s*(sudo\s+)?{re.escape(page)}(\s|$)", line):
+            out.append(line.strip() if not continued else line.rstrip())
+            continued = line.rstrip().endswith("\\")
+    return out
+
+
+def man_pairs(source: str, page: str) -> list[str]:
+    """Pairs of a sentence and the command it describes: the last sentence before a command, or, in .TP style, the
+    sentence after it ('will ...'). Only commands that run the page's program, in one to six lines."""
+    items, out = roff_items(source), []
+    for k, (kind, text) in enumerate(items):
+        if kind != "code":
+            continue
+        lines = command_lines(text, page)
+        if not 1 <= len(lines) <= 6:
+            continue
+        before = items[k - 1][1] if k and items[k - 1][0] == "text" else ""
+        after = items[k + 1][1] if k + 1 < len(items) and items[k + 1][0] == "text" else ""
+        if re.match(r"^(this )?(will|would)\b", after.strip(), re.IGNORECASE):  # .TP style: the command, then what
+            sentence = re.split(r"(?<=[.!?])\s+", after.strip())[0]
+        elif before:
+            sentence = re.split(r"(?<=[.!?])\s+", before.strip())[-1]
+        else:
+            continue
+        desc = description(re.sub(r"^(the following|this) (command|example)s? ", "", sentence, flags=re.IGNORECASE))
+        if desc:
+            out.append(pair_text(desc, "\n".join(lines)))
+    return out
+
+
+def man_page_pairs(root: Path) -> list[tuple[str, str]]:
+    """(text, man page path under ``root``) of the pairs in the EXAMPLES sections of its section 1 and 8 pages."""
+    found = []
+    for path in sorted(root.glob("usr/share/man/man[18]/*.gz")):
+        if path.is_symlink():
+            continue
+        try:
+            source = gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")
+        except (OSError, EOFError):
+            continue
+        found += [(text, path.relative_to(root).as_posix()) for text in man_pairs(source, path.name.split(".")[0])]
+    return found
+
+
+# ----------------------------------------------------------------------------- keeping evaluation out
+
+def squashed(text: str) -> str:
+    return " ".join(re.sub(r"[^\w$-]+", " ", text.lower()).split())
+
+
+class Contamination:
+    """What evaluation asks and answers: the task set's descriptions and real scripts, and NL2SH-ALFA's tasks and
+    reference commands when it is installed. A text that holds one of them may not be trained on."""
+
+    def __init__(self, descriptions: list[str], answers: list[str]):
+        self.descriptions = {squashed(d) for d in descriptions if len(squashed(d).split()) >= 3}
+        self.answers = {squashed(a) for a in answers if len(squashed(a).split()) >= 3}
+
+    @classmethod
+    def of_evaluation(cls) -> "Contamination":
+        from ..inference.nl2sh import Nl2shError, load_nl2sh
+        from ..inference.tasks import load_tasks
+
+        tasks = load_tasks()
+        descriptions = [line.lstrip("# ") for t in tasks for line in t.prompt.splitlines()[1:] if line.startswith("# ")]
+        answers = [line for t in tasks if t.reference for line in t.reference.splitlines() if line.strip()]
+        try:
+            nl2sh = load_nl2sh()
+            descriptions += [t.query for t in nl2sh]
+            answers += [r for t in nl2sh for r in t.references]
+        except Nl2shError:  # not installed: only the task set is kept out
+            pass
+        return cls(descriptions, answers)
+
+    def found_in(self, text: str) -> bool:
+        lines = [squashed(line) for line in text.splitlines()]
+        comments = [squashed(line.lstrip().lstrip("#")) for line in text.splitlines() if line.lstrip().startswith("#")]
+        return any(c in self.descriptions for c in comments) or any(x in self.answers for x in lines if x)
