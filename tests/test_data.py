@@ -88,7 +88,7 @@ def source(tmp_path, monkeypatch):
 
 EXPECTED_SKIPS = {"not_shell": 3, "binary": 1, "non_utf8": 1, "empty": 1, "too_large": 1, "symlink_loop": 2,
                   "symlink_broken": 1, "symlink_outside": 1, "symlink_inside": 1, "unreadable": 1, "generated": 2, "long_line": 1,
-                  "long_mean_line": 0, "low_alnum": 1, "exact_duplicate": 1, "near_duplicate": 1}
+                  "long_mean_line": 0, "low_alnum": 1, "exact_duplicate": 1, "near_duplicate": 1, "evaluation_overlap": 0}
 
 
 def test_collect_counts_every_skip_reason_and_writes_the_corpus(source, tmp_path, small_tokenizer):

@@ -236,11 +236,12 @@ def squashed(text: str) -> str:
 
 class Contamination:
     """What evaluation asks and answers: the task set's descriptions and real scripts, and NL2SH-ALFA's tasks and
-    reference commands when it is installed. A text that holds one of them may not be trained on."""
+    reference commands (of four words or more) when it is installed. A text that holds one may not be trained on."""
 
-    def __init__(self, descriptions: list[str], answers: list[str]):
+    def __init__(self, descriptions: list[str], commands: list[str], scripts: list[str]):
         self.descriptions = {squashed(d) for d in descriptions if len(squashed(d).split()) >= 3}
-        self.answers = {squashed(a) for a in answers if len(squashed(a).split()) >= 3}
+        self.commands = {squashed(c) for c in commands if len(squashed(c).split()) >= 4}  # not 'ls -l'
+        self.scripts = [squashed(s) for s in scripts]
 
     @classmethod
     def of_evaluation(cls) -> "Contamination":
@@ -249,16 +250,23 @@ class Contamination:
 
         tasks = load_tasks()
         descriptions = [line.lstrip("# ") for t in tasks for line in t.prompt.splitlines()[1:] if line.startswith("# ")]
-        answers = [line for t in tasks if t.reference for line in t.reference.splitlines() if line.strip()]
+        scripts = [t.reference for t in tasks if t.reference]
+        commands = []
         try:
             nl2sh = load_nl2sh()
             descriptions += [t.query for t in nl2sh]
-            answers += [r for t in nl2sh for r in t.references]
+            commands += [r for t in nl2sh for r in t.references]
         except Nl2shError:  # not installed: only the task set is kept out
             pass
-        return cls(descriptions, answers)
+        return cls(descriptions, commands, scripts)
 
     def found_in(self, text: str) -> bool:
-        lines = [squashed(line) for line in text.splitlines()]
+        """Whether ``text`` has a task's description as a comment, a reference command as a line, or a task's whole
+        real script (compared case-, space- and punctuation-blind)."""
         comments = [squashed(line.lstrip().lstrip("#")) for line in text.splitlines() if line.lstrip().startswith("#")]
-        return any(c in self.descriptions for c in comments) or any(x in self.answers for x in lines if x)
+        if any(c in self.descriptions for c in comments):
+            return True
+        if any(squashed(line) in self.commands for line in text.splitlines()):
+            return True
+        whole = squashed(text)
+        return any(script in whole for script in self.scripts)
