@@ -594,13 +594,18 @@ def format_summary(manifest: dict, out: str | Path, block_size: int = 1024) -> s
     lines = [f"bash corpus written to {out}"]
     for split in ("train", "validation"):
         s = manifest["splits"][split]
-        line = f"  {split:<10} {s['files']:>6} scripts from {s['projects']} projects, {s['bytes'] / 1e6:.2f} MB"
+        pairs = s.get("pairs", 0)
+        line = (f"  {split:<10} {s['files'] - pairs:>6} scripts" + (f" + {pairs} pairs" if pairs else "") +
+                f" from {s['projects']} projects, {s['bytes'] / 1e6:.2f} MB")
         if "tokens" in s:
             line += f", {s['tokens'] / 1e6:.2f}M tokens, {-(-s['tokens'] // block_size)} sequences of {block_size}"
         line += f", bash -n ok {s['bash_n_ok']}/{s['files']}"
         lines.append(line)
     skipped = ", ".join(f"{k} {v}" for k, v in manifest["skipped"].items() if v)
     lines.append(f"  looked at {manifest['files_seen']} files; skipped: {skipped or 'none'}")
+    for kind, c in manifest.get("pairs", {}).items():
+        if isinstance(c, dict):
+            lines.append(f"  {kind} pairs: {c['mined']} mined, {c['kept']} kept (new, not near-duplicates, parsing)")
     return "\n".join(lines)
 
 
