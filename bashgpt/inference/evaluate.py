@@ -197,11 +197,11 @@ def format_table(result: dict) -> str:
                  "back to its prompt counts as not parsing)")
     if "relevance" in result:
         rel = result["relevance"]
-        lines += ["", "Task relevance             raw model  guarded  scripts for the tasks  chance",
-                  f"  {'uses a command the task needs':<24} {_fmt(rel['raw']['on_task']):>8} "
+        lines += ["", "Task relevance                   raw model  guarded  scripts for the tasks  chance",
+                  f"  {'uses a command the task needs':<30} {_fmt(rel['raw']['on_task']):>8} "
                   f"{_fmt(rel['guarded']['on_task']):>8} {_fmt(rel['reference']['on_task']):>14} "
-                  f"{_fmt(rel['chance']['on_task']):>11}",
-                  f"  {'writes no command at all':<24} {_fmt(rel['raw']['no_command']):>8} "
+                  f"{_fmt(rel['chance']['on_task']):>13}",
+                  f"  {'writes no command at all':<30} {_fmt(rel['raw']['no_command']):>8} "
                   f"{_fmt(rel['guarded']['no_command']):>8}",
                   f"  (chance: {rel['chance']['from']}; tasks and their commands: bashgpt/inference/tasks.txt)"]
     if "nl2sh" in result:
