@@ -119,7 +119,8 @@ def read_gguf(path):
 
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
 def test_gguf_holds_the_model_and_its_tokenizer(tmp_path, small_tokenizer, dtype):
-    src = model_folder(tmp_path, small_tokenizer, intermediate_size=48)
+    padded = len(small_tokenizer) + 20  # a new model rounds its vocabulary up to a multiple of 64
+    src = model_folder(tmp_path, small_tokenizer, intermediate_size=48, vocab_size=padded)
     out = tmp_path / "model.gguf"
     assert main(["export", str(src), "--format", "gguf", "--dtype", dtype, "--out", str(out)]) == 0
     fields, tensors = read_gguf(out)
@@ -131,13 +132,15 @@ def test_gguf_holds_the_model_and_its_tokenizer(tmp_path, small_tokenizer, dtype
 
     spec = json.loads(small_tokenizer.backend_tokenizer.to_str())
     vocab = small_tokenizer.get_vocab()
-    assert fields["tokenizer.ggml.tokens"] == sorted(vocab, key=vocab.get)
+    assert fields["tokenizer.ggml.tokens"] == sorted(vocab, key=vocab.get) + [f"<|unused_{i}|>" for i in
+                                                                            range(len(vocab), padded)]
     assert fields["tokenizer.ggml.merges"] == [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
     eos, pad = small_tokenizer.eos_token_id, small_tokenizer.pad_token_id
     assert fields["tokenizer.ggml.eos_token_id"] == eos and fields["tokenizer.ggml.padding_token_id"] == pad
     assert fields["tokenizer.ggml.add_bos_token"] is False
     types = fields["tokenizer.ggml.token_type"]
     assert types[eos] == types[pad] == 3 and types.count(3) == 2  # CONTROL: only the special tokens
+    assert types[len(vocab):] == [5] * 20  # UNUSED: the padding rows
 
     model, _ = load_model_and_tokenizer(src)
     state = model.state_dict()
@@ -225,7 +228,7 @@ def detokenize(runtime, ids: list[int]) -> str:
 @pytest.mark.parametrize("dtype, atol", [("f32", 5e-5), ("f16", 1e-3)])  # seen: 9e-6 and 2e-4
 @pytest.mark.parametrize("ff", [None, 48])
 def test_llama_cpp_runs_the_gguf_as_transformers_runs_the_model(tmp_path, small_tokenizer, dtype, atol, ff):
-    src = model_folder(tmp_path, small_tokenizer, intermediate_size=ff)
+    src = model_folder(tmp_path, small_tokenizer, intermediate_size=ff, vocab_size=len(small_tokenizer) + 20)
     out = tmp_path / "model.gguf"
     assert main(["export", str(src), "--format", "gguf", "--dtype", dtype, "--out", str(out)]) == 0
     runtime = llama(out)

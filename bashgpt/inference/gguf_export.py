@@ -72,9 +72,11 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: str
     if tokenizer is None:
         raise UserError("a GGUF file carries its tokenizer, and this model folder has none; copy tokenizer.json in")
     tokens, merges, special = vocabulary(tokenizer)
-    if len(tokens) != config.vocab_size:
-        raise UserError(f"the tokenizer has {len(tokens)} tokens but the model {config.vocab_size} rows; "
-                        f"llama.cpp needs them equal (export the tokenizer the model was trained with)")
+    if len(tokens) > config.vocab_size:
+        raise UserError(f"the tokenizer has {len(tokens)} tokens but the model only {config.vocab_size} rows; "
+                        f"export with the tokenizer the model was trained with")
+    padding = range(len(tokens), config.vocab_size)  # rows a new model rounds its vocabulary up with (never sampled)
+    tokens += [f"<|unused_{i}|>" for i in padding]
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +94,8 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", name: str
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
-                            for i in range(len(tokens))])
+    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.UNUSED if i in padding
+                            else gguf.TokenType.NORMAL for i in range(len(tokens))])
     writer.add_token_merges(merges)
     for token_id, add in ((tokenizer.bos_token_id, writer.add_bos_token_id),
                           (tokenizer.eos_token_id, writer.add_eos_token_id),
