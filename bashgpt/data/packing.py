@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from .tokenization import encode_batch
 
 PACKING_VERSION = 2  # 2: token stream of the smallest dtype, blocks cut when served
 BATCH_DOCUMENTS = 2000  # documents encoded at once
@@ -79,11 +80,10 @@ class TokenBlocks(torch.utils.data.Dataset):
         return len(self.tokens)
 
 
-def encode_batch(texts: list[str], tokenizer) -> np.ndarray:
-    """The token ids of ``texts``, each followed by end of text, as one array of the stream's dtype."""
-    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+def encode_documents(tokenizer, texts: list[str]) -> np.ndarray:
+    """The token ids of ``texts``, each followed by end of text, as one flat array of the stream's dtype."""
     eos = (tokenizer.eos_token_id,)
-    flat = list(chain.from_iterable(chain.from_iterable((e.ids, eos) for e in encodings)))
+    flat = list(chain.from_iterable(chain.from_iterable((ids, eos) for ids in encode_batch(tokenizer, texts))))
     return np.array(flat, dtype=token_dtype(len(tokenizer)))
 
 
@@ -92,7 +92,7 @@ def encode_stream(ds: datasets.Dataset, tokenizer, desc: str = "tokenising", pro
     with tqdm(total=len(ds), desc=desc, unit="doc", disable=not progress, dynamic_ncols=True) as bar:
         for batch in ds.iter(batch_size=BATCH_DOCUMENTS):
             bar.update(len(batch["text"]))
-            yield encode_batch(batch["text"], tokenizer)
+            yield encode_documents(tokenizer, batch["text"])
 
 
 def tokenize_split(ds: datasets.Dataset, tokenizer, path: Path | None = None, desc: str = "tokenising",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .corpus import READ_ERRORS, CorpusError, read_error
-from .packing import BATCH_DOCUMENTS, TokenBlocks, encode_batch, token_dtype
+from .packing import BATCH_DOCUMENTS, TokenBlocks, encode_documents, token_dtype
 
 SHUFFLE_BUFFER = 10_000  # documents held in the shuffle buffer
 
@@ -41,7 +41,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
             try:
                 for batch in docs.iter(batch_size=BATCH_DOCUMENTS):
                     read_any = True
-                    tokens = np.concatenate([carried, encode_batch(batch["text"], self.tokenizer)])
+                    tokens = np.concatenate([carried, encode_documents(self.tokenizer, batch["text"])])
                     full = len(tokens) // self.block_size
                     blocks = TokenBlocks(tokens[:full * self.block_size], self.block_size, self.tokenizer.pad_token_id)
                     yield from (blocks[i] for i in range(full))
@@ -60,7 +60,7 @@ def held_out_blocks(docs: datasets.IterableDataset, tokenizer, block_size: int, 
     parts, tokens, documents = [], 0, 0
     try:
         for batch in docs.iter(batch_size=BATCH_DOCUMENTS):
-            parts.append(encode_batch(batch["text"], tokenizer))
+            parts.append(encode_documents(tokenizer, batch["text"]))
             tokens, documents = tokens + len(parts[-1]), documents + len(batch["text"])
             if tokens >= blocks * block_size:
                 break

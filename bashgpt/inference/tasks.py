@@ -10,6 +10,7 @@ The chance level is the same measure on real scripts paired with every task but 
 plausible bash on any subject scores it; the ceiling is the set's own real scripts on their own tasks.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ def has_command(completion: str) -> bool:
     return any(not NO_CODE_LINE.match(line) for line in code_lines(completion))
 
 
+@functools.lru_cache(maxsize=1024)  # the chance level asks for every task's commands once per real script
 def command_pattern(command: str) -> re.Pattern:
     # a word: not part of a longer name (tarball, git-lfs), a variable ($tar), a file name (x.tar) or an assignment
     return re.compile(rf"(?<![\w.$-]){re.escape(command)}(?![\w.=-])")
