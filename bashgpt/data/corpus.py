@@ -146,18 +146,25 @@ def local_files(path: Path) -> dict[str, list[str]]:
     return grouped
 
 
+def local_data_files(path: Path) -> tuple[str, dict, dict]:
+    """How ``datasets`` reads a local corpus: (builder, data files by split, builder options). A 'bashgpt collect'
+    folder (train.jsonl + validation.jsonl) brings its own validation split; other files are one train split."""
+    if (path / "train.jsonl").is_file() and (path / "validation.jsonl").is_file():
+        return "json", {"train": str(path / "train.jsonl"), "validation": str(path / "validation.jsonl")}, {}
+    ((builder, files),) = local_files(path).items()
+    return builder, {"train": files}, {"sample_by": "paragraph"} if builder == "text" else {}
+
+
 def load_local(path: Path, validation_fraction: float, seed: int) -> datasets.DatasetDict:
-    if (path / "train.jsonl").is_file() and (path / "validation.jsonl").is_file():  # bashgpt collect / split files
-        files = {"train": str(path / "train.jsonl"), "validation": str(path / "validation.jsonl")}
+    builder, files, kwargs = local_data_files(path)
+    if "validation" in files:
         if os.path.getsize(files["validation"]) == 0:
             raise CorpusError(f"{files['validation']} is empty; collect more scripts or raise --validation-fraction")
-        return datasets.load_dataset("json", data_files=files)
-    ((builder, files),) = local_files(path).items()
-    kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+        return datasets.load_dataset(builder, data_files=files)
     try:
-        ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+        ds = datasets.load_dataset(builder, data_files=files["train"], split="train", **kwargs)
     except datasets.exceptions.DatasetGenerationError as err:
-        damaged, why = first_damaged(files, builder) or (path, str(err.__cause__ or err))
+        damaged, why = first_damaged(files["train"], builder) or (path, str(err.__cause__ or err))
         raise CorpusError(f"cannot read {damaged}: {why.splitlines()[0]}; fix it, or move it out of {path}") from None
     return split_off_validation(ds, validation_fraction, seed)
 
@@ -183,64 +190,66 @@ def first_damaged(files: list[str], builder: str) -> tuple[str, str] | None:
     return None
 
 
+HELD_OUT_SPLITS = ("validation", "valid", "test")  # a corpus's own held-out split, by the names datasets use
+
+
+def source_kind(source: str) -> str:
+    """'stdlib', 'local' or 'hub', or the one-line error for a source that is none of them."""
+    if source == STDLIB:
+        return "stdlib"
+    if Path(source).expanduser().exists():
+        return "local"
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        return "hub"
+    raise CorpusError(f"dataset {source!r} is neither a local path nor a Hub name like owner/name; "
+                      f"check the path, or use --dataset stdlib for offline English text")
+
+
+def hub_splits(source: str, streaming: bool = False):
+    """A Hub dataset's splits (streamed or downloaded), with a train split, and the name of its held-out one."""
+    raw = load_hub_dataset(source, streaming=streaming)
+    if "train" not in raw:
+        raise CorpusError(f"dataset {source!r} has no train split (it has {', '.join(raw)})")
+    return raw, next((s for s in HELD_OUT_SPLITS if s in raw), None)
+
+
+def text_only(ds):
+    """``ds`` with its text column, named ``text``, and nothing else."""
+    column = text_column(ds)
+    return (ds.rename_column(column, "text") if column != "text" else ds).select_columns(["text"])
+
+
 def load_corpus(source: str = TINYSTORIES, validation_fraction: float = 0.02, seed: int = 0) -> datasets.DatasetDict:
     """Load ``source`` as train/validation splits, each with a ``text`` column."""
-    if source == STDLIB:
-        ds = datasets.Dataset.from_dict({"text": stdlib_texts()})
-        dd = split_off_validation(ds, validation_fraction, seed)
-    elif Path(source).expanduser().exists():
+    kind = source_kind(source)
+    if kind == "stdlib":
+        dd = split_off_validation(datasets.Dataset.from_dict({"text": stdlib_texts()}), validation_fraction, seed)
+    elif kind == "local":
         dd = load_local(Path(source).expanduser(), validation_fraction, seed)
-    elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
-        raw = load_hub_dataset(source)
-        if "train" not in raw:
-            raise CorpusError(f"dataset {source!r} has no train split (it has {', '.join(raw)})")
-        held_out = next((s for s in ("validation", "valid", "test") if s in raw), None)
+    else:
+        raw, held_out = hub_splits(source)
         dd = (datasets.DatasetDict(train=raw["train"], validation=raw[held_out]) if held_out
               else split_off_validation(raw["train"], validation_fraction, seed))
-    else:
-        raise CorpusError(f"dataset {source!r} is neither a local path nor a Hub name like owner/name; "
-                          f"check the path, or use --dataset stdlib for offline English text")
-    out = {}
-    for split, ds in dd.items():
-        column = text_column(ds)
-        out[split] = ds.rename_column(column, "text") if column != "text" else ds
-        out[split] = out[split].select_columns(["text"])
-    return datasets.DatasetDict(out)
+    return datasets.DatasetDict({split: text_only(ds) for split, ds in dd.items()})
 
 
 def stream_corpus(source: str = TINYSTORIES) -> tuple[datasets.IterableDataset, datasets.IterableDataset | None]:
     """``source`` as streams of ``{"text"}`` rows read as they are used (``datasets``' iterable datasets): the
     train split, and the corpus's own validation split where it has one (else None: the caller holds out the
     stream's first documents). Nothing is converted or cached, so a corpus larger than the disk or memory trains."""
-    if source == STDLIB:
-        splits = {"train": datasets.Dataset.from_dict({"text": stdlib_texts()}).to_iterable_dataset()}
-    elif Path(source).expanduser().exists():
+    kind = source_kind(source)
+    if kind == "stdlib":
+        splits, held_out = {"train": datasets.Dataset.from_dict({"text": stdlib_texts()}).to_iterable_dataset()}, None
+    elif kind == "local":
         path = Path(source).expanduser()
-        if (path / "train.jsonl").is_file() and (path / "validation.jsonl").is_file():
-            builder, files = "json", {"train": str(path / "train.jsonl"), "validation": str(path / "validation.jsonl")}
-        else:
-            ((builder, files),) = local_files(path).items()
-            files = {"train": files}
-        kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+        builder, files, kwargs = local_data_files(path)
         try:
             splits = datasets.load_dataset(builder, data_files=files, streaming=True, **kwargs)
         except StopIteration:  # the json reader's way of finding an empty first file
             raise CorpusError(f"{path} has no documents; point --dataset at files with text in them") from None
         except READ_ERRORS as err:
             raise read_error(err) from None
-    elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
-        splits = load_hub_dataset(source, streaming=True)
-        if "train" not in splits:
-            raise CorpusError(f"dataset {source!r} has no train split (it has {', '.join(splits)})")
+        held_out = "validation" if "validation" in files else None
     else:
-        raise CorpusError(f"dataset {source!r} is neither a local path nor a Hub name like owner/name; "
-                          f"check the path, or use --dataset stdlib for offline English text")
-    held_out = next((s for s in ("validation", "valid", "test") if s in splits), None)
-    out = []
-    for ds in (splits["train"], splits[held_out] if held_out else None):
-        if ds is not None:
-            column = text_column(ds)
-            ds = ds.rename_column(column, "text") if column != "text" else ds
-            ds = ds.select_columns(["text"])
-        out.append(ds)
-    return out[0], out[1]
+        splits, held_out = hub_splits(source, streaming=True)
+    return text_only(splits["train"]), text_only(splits[held_out]) if held_out else None
