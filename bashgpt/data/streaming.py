@@ -24,6 +24,16 @@ from .packing import BATCH_DOCUMENTS, TokenBlocks, encode_documents, token_dtype
 SHUFFLE_BUFFER = 10_000  # documents held in the shuffle buffer
 
 
+def read_batches(docs: datasets.IterableDataset):
+    """``docs`` in batches of documents; a file that cannot be read is one line (read_error)."""
+    try:
+        yield from docs.iter(batch_size=BATCH_DOCUMENTS)
+    except Exception as err:  # not BaseException: a generator closed mid-pass is not a read error
+        if isinstance(err, READ_ERRORS):
+            raise read_error(err) from None
+        raise
+
+
 class StreamedBlocks(torch.utils.data.IterableDataset):
     """Endless ``{"input_ids", "labels", "attention_mask"}`` blocks of ``block_size`` tokens from ``docs``."""
 
@@ -38,18 +48,13 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
             docs = self.docs.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer) if self.shuffle_buffer else self.docs
             docs.set_epoch(corpus_pass)  # a new order each pass, the same for the same seed and pass
             read_any = False
-            try:
-                for batch in docs.iter(batch_size=BATCH_DOCUMENTS):
-                    read_any = True
-                    tokens = np.concatenate([carried, encode_documents(self.tokenizer, batch["text"])])
-                    full = len(tokens) // self.block_size
-                    blocks = TokenBlocks(tokens[:full * self.block_size], self.block_size, self.tokenizer.pad_token_id)
-                    yield from (blocks[i] for i in range(full))
-                    carried = tokens[full * self.block_size:]
-            except Exception as err:  # not BaseException: a generator closed mid-pass is not a read error
-                if isinstance(err, READ_ERRORS):
-                    raise read_error(err) from None
-                raise
+            for batch in read_batches(docs):
+                read_any = True
+                tokens = np.concatenate([carried, encode_documents(self.tokenizer, batch["text"])])
+                full = len(tokens) // self.block_size
+                blocks = TokenBlocks(tokens[:full * self.block_size], self.block_size, self.tokenizer.pad_token_id)
+                yield from (blocks[i] for i in range(full))
+                carried = tokens[full * self.block_size:]
             if not read_any:
                 raise CorpusError("the training stream has no documents; point --dataset at a corpus with text in it")
 
@@ -58,14 +63,11 @@ def held_out_blocks(docs: datasets.IterableDataset, tokenizer, block_size: int, 
     """The first documents of ``docs``, whole batches of them, until they fill ``blocks`` blocks: their blocks and
     how many documents they were."""
     parts, tokens, documents = [], 0, 0
-    try:
-        for batch in docs.iter(batch_size=BATCH_DOCUMENTS):
-            parts.append(encode_documents(tokenizer, batch["text"]))
-            tokens, documents = tokens + len(parts[-1]), documents + len(batch["text"])
-            if tokens >= blocks * block_size:
-                break
-    except READ_ERRORS as err:
-        raise read_error(err) from None
+    for batch in read_batches(docs):
+        parts.append(encode_documents(tokenizer, batch["text"]))
+        tokens, documents = tokens + len(parts[-1]), documents + len(batch["text"])
+        if tokens >= blocks * block_size:
+            break
     stream = np.concatenate(parts) if parts else np.zeros(0, dtype=token_dtype(len(tokenizer)))
     return TokenBlocks(stream, block_size, tokenizer.pad_token_id), documents
 
@@ -80,11 +82,7 @@ def streamed_splits(train: datasets.IterableDataset, validation: datasets.Iterab
     else:
         held_out, documents = held_out_blocks(train, tokenizer, block_size, eval_blocks)
         train = train.skip(documents)
-        try:
-            first = next(iter(train), None)
-        except READ_ERRORS as err:
-            raise read_error(err) from None
-        if first is None:
+        if next(read_batches(train), None) is None:
             raise CorpusError(f"the corpus has {documents:,} documents, all needed for validation; it is small enough "
                               f"to train without --streaming")
     return StreamedBlocks(train, tokenizer, block_size, seed), held_out
