@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .configuration_bashgpt import PRESETS
@@ -107,6 +108,7 @@ def cmd_generate(args):
 
 
 def cmd_eval(args):
+    deadline = time.monotonic() + args.time_limit * 60 if args.time_limit else None
     from .data.corpus import load_corpus
     from .inference.evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
     from .inference.modelio import check_model_folder
@@ -129,7 +131,7 @@ def cmd_eval(args):
              for name, src in (("language", language), ("code", code))}
     result = evaluate(model, tokenizer, texts["language"], texts["code"], prompts,
                       samples_per_prompt=args.samples_per_prompt, sampling=SamplingOptions.from_args(args), seq_len=args.seq_len,
-                      max_blocks=args.max_blocks, seed=args.seed)
+                      max_blocks=args.max_blocks, seed=args.seed, deadline=deadline)
     if nl2sh_tasks:
         result["nl2sh"] = evaluate_nl2sh(model, tokenizer, nl2sh_tasks, SamplingOptions.from_args(args), seed=args.seed)
     result["data"] = {"language": language, "code": code}
@@ -288,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-prompt", type=int, default=3)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-blocks", type=int, default=100, help="validation sequences per corpus")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="start no prompt that would end past this many minutes from the command's start (the "
+                        "result says how many prompts were done; default: no limit)")
     p.add_argument("--out", help="JSON output (default MODEL_DIR/eval.json)")
     add_sampling_arguments(p, 200)
     p.set_defaults(func=cmd_eval)

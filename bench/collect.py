@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import cpu_description  # noqa: E402
+from common import cpu_description  # noqa: E402
 
 from bashgpt.data.collect import DEFAULT_DEBIAN_PACKAGES, collect  # noqa: E402
 from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer  # noqa: E402

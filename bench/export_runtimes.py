@@ -21,7 +21,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import cpu_description  # noqa: E402
+from common import cpu_description  # noqa: E402
 
 TF4_CHECK = """
 import json, sys, transformers

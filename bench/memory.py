@@ -273,7 +273,7 @@ def plot_curves(curves: dict) -> None:
 
 
 def main():
-    from run import cpu_description  # bench/run.py
+    from common import cpu_description  # bench/run.py
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=("guide", "guide-amp", "levers", "quality"))

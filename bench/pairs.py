@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import cpu_description  # noqa: E402
+from common import cpu_description  # noqa: E402
 
 VARIANTS = {  # name: the kinds of pair kept in the training split
     "scripts only (no pairs)": (),

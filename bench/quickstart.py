@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
-from run import cpu_description  # noqa: E402  (bench/run.py)
+from common import cpu_description  # noqa: E402  (bench/run.py)
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM  # noqa: E402
 

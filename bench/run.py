@@ -19,7 +19,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import cpu_description, gpt2_twin, median_minmax, train_step_fn  # noqa: E402,F401
+
 from bashgpt import BashGPTConfig, BashGPTForCausalLM  # noqa: E402
 from bashgpt.training.estimate import matmul_rate  # noqa: E402
 from bashgpt.training.flops import training_flops_per_token  # noqa: E402
@@ -38,10 +39,6 @@ HERE = Path(__file__).resolve().parent
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def median_minmax(xs):
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
 def interleaved(runners: dict, reps: int) -> dict[str, list[float]]:
@@ -71,34 +68,6 @@ def read_bandwidth(gb=1.0, reps=7):
         times.append(time.perf_counter() - t)
     del x
     return [gb * 2**30 / s / 1e9 for s in times]
-
-
-def gpt2_twin(cfg: BashGPTConfig):
-    """transformers' GPT2LMHeadModel with bashgpt's dimensions (untied head, same vocab and positions)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.max_position_embeddings, n_embd=cfg.hidden_size,
-        n_layer=cfg.num_hidden_layers, n_head=cfg.num_attention_heads, activation_function="gelu_pytorch_tanh",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False,
-        bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id))  # not GPT-2's 50256
-    model.loss_type = "ForCausalLM"  # the class name does not say it, and Transformers warns when it must guess
-    return model
-
-
-def train_step_fn(model, dtype, batch, seq):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
-    amp = dtype == "bf16"
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 def bf16_emulated(dtype, peaks, what) -> bool:
@@ -176,22 +145,6 @@ def bench_profile(dtypes, reps, peaks, size="tiny", batch=4, seq=512):
 
 
 DECODE_CASES = (("greedy", 1), ("sample", 1), ("greedy", 4), ("sample", 4))
-
-
-def cpu_description() -> str:
-    """The CPU model, and whether it has AMX / AVX512-BF16 (bf16 matmuls in hardware)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:  # macOS and others
-        pass
-    has = [name for name, flag in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")) if flag in flags]
-    return f"{model} ({', '.join(has) if has else 'no AMX, no AVX512-BF16'})"
 
 
 def bench_decode(sizes, dtypes, reps, peaks, new_tokens=128, prompt_len=32):

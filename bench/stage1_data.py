@@ -25,29 +25,31 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import cpu_description  # noqa: E402
+from common import cpu_description  # noqa: E402
 
 STORY_CHARS = 900  # TinyStories: 1.9 GB over 2.12M stories
 SHARD_STORIES = 250_000
 
 
-def sentences() -> list[str]:
+def sentences(texts: list[str] | None = None) -> list[str]:
+    """Whole sentences of English from ``texts`` (default: bashgpt's `stdlib` corpus)."""
     from bashgpt.data.corpus import stdlib_texts
 
     found = []
-    for text in stdlib_texts():
+    for text in stdlib_texts() if texts is None else texts:
         for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
             if 30 <= len(sentence) <= 200 and sentence[0].isupper() and not any(c in sentence for c in "`{}[]<>=_"):
                 found.append(sentence)
     return found
 
 
-def write_corpus(folder: Path, stories: int, seed: int = 0) -> int:
-    """Parquet shards of ``stories`` stories; returns the bytes of text."""
+def write_corpus(folder: Path, stories: int, seed: int = 0, pool: list[str] | None = None) -> int:
+    """Parquet shards of ``stories`` stories drawn from ``pool`` (default: ``sentences()``); returns the bytes of
+    text."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pool, rng, total = sentences(), random.Random(seed), 0
+    pool, rng, total = pool or sentences(), random.Random(seed), 0
     folder.mkdir(parents=True, exist_ok=True)
     for shard, start in enumerate(range(0, stories, SHARD_STORIES)):
         texts = []
