@@ -29,19 +29,25 @@ RESERVE_S = 10  # kept back from the overall limit to write the results
 
 
 def install(wheels: Path, site: Path) -> tuple[dict, list[str]]:
-    """Install every carried wheel into ``site`` (no index, no dependencies: the wheels are the dependencies).
-    Returns (what was installed, problems)."""
+    """Install bashgpt's carried wheel into ``site`` with those of the packages this machine lacks or has out of
+    range (gpu_wheels.choose_wheels; no index, no dependency resolution: the wheels are the dependencies).
+    Returns (what was installed and what was kept, problems)."""
+    from gpu_wheels import choose_wheels
+
     found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
     if not found:
         return {}, [f"missing wheels: none in {wheels}; run bash bench/gpu_prepare.sh on a CPU machine and carry .gpu "
                     f"(the parts run on the machine's own packages)"]
+    chosen, kept, problems = choose_wheels(found)
+    if not chosen:
+        return {}, problems
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                           "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, found)],
+                           "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, chosen)],
                           capture_output=True, text=True)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
-        return {}, [f"pip could not install the carried wheels from {wheels}: {last}"]
-    return {"wheels": [w.name for w in found], "into": str(site)}, []
+        return {}, problems + [f"pip could not install the carried wheels from {wheels}: {last}"]
+    return {"installed": [w.name for w in chosen], "kept_from_this_machine": kept, "into": str(site)}, problems
 
 
 def part_command(name: str, args, limit: float) -> list[str]:
@@ -83,7 +89,7 @@ def run_all(args) -> dict:
     deadline = time.monotonic() + args.minutes * 60 - RESERVE_S
     results = {"check": "bench/gpu_check.py", "argv": sys.argv[1:], "smoke": args.smoke,
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "install": {}, "problems": [], "parts": {}}
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")  # nothing to reach
     if args.wheels:  # on the GPU machine; a smoke run uses the packages it has unless given wheels to try
         site = args.work / "site"
         results["install"], problems = install(args.wheels, site)

@@ -12,6 +12,7 @@ rows as they come (one JSON line each), and stops starting work that its deadlin
                Python's documentation, stage 2 on the carried corpus), then `bashgpt eval` with task relevance
 """
 
+import contextlib
 import gc
 import json
 import os
@@ -21,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +92,17 @@ def read_rows(path: Path) -> list[dict]:
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def row_error(row: dict):
+    """A failure inside the block becomes ``row["error"]``, one line (the traceback goes to the log): the part
+    goes on with its next row."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001
+        traceback.print_exc()
+        row["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
 
 
 def config_for(size: str, scale: Scale):
@@ -275,28 +288,32 @@ def train(ctx: Context) -> None:
                       "error": f"not started: about {needed:.0f} s needed, {ctx.left():.0f} s left in the part"})
             continue
         began = time.monotonic()
-        row = measure_training(model_name, size, guide_batch(size), compiled, scale, tflops)
+        row = {"size": size, "model": model_name, "compiled": compiled}
+        with row_error(row):
+            row = measure_training(model_name, size, guide_batch(size), compiled, scale, tflops)
+            if model_name == "bashgpt":
+                row.update(estimate_gb=round(estimate_gb(size, row["batch"], scale), 2), guide_gb=GUIDE_MEMORY_GB[size])
         longest[compiled] = max(longest.get(compiled, 0), (time.monotonic() - began) / layers)
-        if model_name == "bashgpt":
-            row.update(estimate_gb=round(estimate_gb(size, row["batch"], scale), 2), guide_gb=GUIDE_MEMORY_GB[size])
         ctx.emit(row)
         if size == scale.sizes[-1] and model_name == "GPT2LMHeadModel" and not compiled:
-            planned_memory(ctx, tflops)  # after the eager rows: it needs no compilation
+            planned = {"kind": "planned", "size": size, "model": "bashgpt", "compiled": False}
+            with row_error(planned):
+                planned = planned_memory(ctx.scale, tflops)  # after the eager rows: it needs no compilation
+            ctx.emit(planned)
 
 
-def planned_memory(ctx: Context, tflops: float) -> None:
+def planned_memory(scale: Scale, tflops: float) -> dict:
     """Large at batch 4 x seq with the levers `--memory-budget 18GB` picks on this device, measured."""
     from bashgpt.training.levers import Levers
     from bashgpt.training.memory_plan import describe, plan_memory
 
-    scale = ctx.scale
     size, batch, budget_gb = (scale.sizes[-1], 2, scale.planned_budget_gb) if scale.smoke else PLANNED
     plan = plan_memory(size, batch, scale.seq, scale.device, int(budget_gb * 2**30), Levers(), set(),
                        config=config_for(size, scale))
     row = measure_training("bashgpt", size, batch, False, scale, tflops, plan.levers)
     row.update(kind="planned", budget_gb=budget_gb, predicted_gb=round(plan.estimate.total / 2**30, 2),
                levers={name: value for _, name, value in describe(plan.levers)}, unavailable=plan.unavailable)
-    ctx.emit(row)
+    return row
 
 
 # --------------------------------------------------------------------------------------------------------- decode
@@ -320,7 +337,10 @@ def decode(ctx: Context) -> None:
                    "generate(), static cache": lambda p=prompt, k=kwargs: ours.generate(p, cache_implementation="static", **k),
                    "generate()": lambda p=prompt, k=kwargs: ours.generate(p, **k),
                    "GPT2LMHeadModel.generate": lambda p=prompt, k=kwargs: twin.generate(p, **k)}
-        ctx.emit(decode_row(runners, batch, scale))
+        row = {"batch": batch}
+        with row_error(row):
+            row = decode_row(runners, batch, scale)
+        ctx.emit(row)
 
 
 def decode_row(runners: dict, batch: int, scale: Scale) -> dict:

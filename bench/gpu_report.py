@@ -63,7 +63,7 @@ def estimate_target(results: dict) -> tuple[str, str, str]:
 
 def generate_target(results: dict) -> tuple[str, str, str]:
     found = [(r["batch"], r["runners"]["generate(), static cache"]["vs_gpt2"]) for r in rows(results, "decode")
-             if r.get("static_cache_compiled")]
+             if r.get("static_cache_compiled") and "error" not in r]
     figure = ", ".join(f"batch {b} {x:.2f}x" for b, x in found) or "-"
     return "compiled static-cache generate() >= 1.0x GPT2LMHeadModel.generate", figure, verdict(
         all(x >= 1.0 for _, x in found) if found else None)
@@ -108,7 +108,9 @@ def train_lines(results: dict) -> list[str]:
                      f"{num(r['first_step_s'], '.1f')} | {num(r['peak_memory_gb'], '.2f')} | "
                      f"{num(r.get('estimate_gb'), '.2f')} | {r.get('guide_gb', '')} |")
     for r in rows(results, "train"):
-        if r.get("kind") == "planned":
+        if r.get("kind") == "planned" and "error" in r:
+            lines += ["", f"**{r['size']} under the memory planner's levers**: {r['error']}"]
+        elif r.get("kind") == "planned":
             lines += ["", f"**{r['size']} at batch {r['batch']} x {r['seq']}, `--memory-budget {r['budget_gb']}GB`**: "
                       + "; ".join(f"{k}: {v}" for k, v in r["levers"].items()),
                       f"predicted {r['predicted_gb']:.2f} GB, measured "
@@ -122,6 +124,9 @@ def decode_lines(results: dict) -> list[str]:
     lines = ["| batch | runner | tokens/s | vs GPT2LMHeadModel.generate | first call s | same tokens as generate() |",
              "|---|---|---|---|---|---|"]
     for r in rows(results, "decode"):
+        if "error" in r:
+            lines.append(f"| {r['batch']} | {r['error']} | | | | |")
+            continue
         for name, fig in r["runners"].items():
             same = r["same_tokens_as_generate"].get(name)
             lines.append(f"| {r['batch']} | {name} | {num(fig['tokens_per_s'])} | {fig['vs_gpt2']:.2f}x | "

@@ -74,8 +74,36 @@ def test_carried_wheels_install_into_a_folder_of_their_own_and_a_missing_one_is_
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
                     str(ROOT)], check=True, capture_output=True, timeout=180)
     installed, problems = install(wheels, tmp_path / "site")
-    assert problems == [] and installed["wheels"][0].startswith("bashgpt-")
+    assert problems == [] and [w.split("-")[0] for w in installed["installed"]] == ["bashgpt"]
+    assert {"transformers", "datasets", "torch"} <= set(installed["kept_from_this_machine"])  # in range here: kept
     assert (tmp_path / "site" / "bashgpt" / "inference" / "tasks.txt").is_file()  # package data travels in the wheel
+
+
+def fake_wheel(folder: Path, name: str, version: str, *requires: str) -> Path:
+    import zipfile
+
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"{name}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: "
+                       f"{version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    return path
+
+
+def test_a_carried_wheel_is_chosen_only_where_this_machine_lacks_the_package_or_has_it_out_of_range(tmp_path):
+    from gpu_wheels import choose_wheels
+
+    wheels = [fake_wheel(tmp_path, "needy", "1.0", "packaging>=999", "tqdm>=1", "absent-a>=1", "absent-b",
+                         "colorama; platform_system == 'Windows'"),
+              fake_wheel(tmp_path, "packaging", "999.0", "absent-c"),
+              fake_wheel(tmp_path, "tqdm", "999.0"),  # this machine's tqdm is in range: kept, this wheel unused
+              fake_wheel(tmp_path, "absent_b", "2.0")]
+    chosen, kept, problems = choose_wheels(wheels, "needy")
+    assert [p.name.split("-")[0] for p in chosen] == ["absent_b", "needy", "packaging"]
+    assert set(kept) == {"tqdm"}
+    assert problems == ["missing wheel: absent-a>=1 (needy needs it; this machine has none); carry it "
+                        "(bench/gpu_prepare.sh)",
+                        "missing wheel: absent-c (packaging needs it; this machine has none); carry it "
+                        "(bench/gpu_prepare.sh)"]
 
 
 def test_unmet_requirements_name_each_missing_or_out_of_range_package(tmp_path, monkeypatch):
@@ -93,3 +121,12 @@ def test_unmet_requirements_name_each_missing_or_out_of_range_package(tmp_path, 
     assert problems[1].startswith("missing wheel: no-such-package-here (needy needs no-such-package-here>=1)")
     carried = to_carry("needy")  # torch stays the GPU image's; a Windows-only need is not carried
     assert carried == [line for line in carried if line.split("==")[0] in ("packaging",)] and carried
+
+
+def test_a_failing_row_is_one_line_and_the_part_goes_on():
+    from gpu_parts import row_error
+
+    row = {"size": "large"}
+    with row_error(row):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be ...")
+    assert row == {"size": "large", "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
