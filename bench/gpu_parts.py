@@ -118,8 +118,11 @@ def free(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def peak_memory_gb(device: str) -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+def peak_memory_gb(device: str, reserved: bool = False) -> float | None:
+    """The device's peak since the last ``free``: allocated (tensors), or reserved (the caching allocator's hold)."""
+    if device != "cuda":
+        return None
+    return (torch.cuda.max_memory_reserved() if reserved else torch.cuda.max_memory_allocated()) / 2**30
 
 
 # ---------------------------------------------------------------------------------------------------- environment
@@ -246,6 +249,7 @@ def measure_training(model_name: str, size: str, batch: int, compiled: bool, sca
     cfg = config_for(size, scale)
     row.update(tokens_per_s=median_minmax(tokens_per_s), step_ms=round(1e3 * statistics.median(times), 2),
                first_step_s=round(first, 1), peak_memory_gb=peak_memory_gb(scale.device),
+               peak_reserved_gb=peak_memory_gb(scale.device, reserved=True),
                mfu=statistics.median(tokens_per_s) * training_flops_per_token(cfg, scale.seq) / (tflops * 1e12))
     return row
 

@@ -114,7 +114,8 @@ def train_lines(results: dict) -> list[str]:
             lines += ["", f"**{r['size']} at batch {r['batch']} x {r['seq']}, `--memory-budget {r['budget_gb']}GB`**: "
                       + "; ".join(f"{k}: {v}" for k, v in r["levers"].items()),
                       f"predicted {r['predicted_gb']:.2f} GB, measured "
-                      + (f"{num(r.get('peak_memory_gb'), '.2f')} GB, {num(r['tokens_per_s']['median'])} tokens/s, "
+                      + (f"{num(r.get('peak_memory_gb'), '.2f')} GB allocated ({num(r.get('peak_reserved_gb'), '.2f')} GB "
+                         f"reserved), {num(r['tokens_per_s']['median'])} tokens/s, "
                          f"MFU {pct(r['mfu'])}" if "tokens_per_s" in r else r.get("error", "-"))]
             lines += [f"- not available here: {u}" for u in r.get("unavailable", [])]
     return lines
