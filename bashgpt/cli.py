@@ -28,7 +28,7 @@ def cmd_collect(args):
 def cmd_tokenizer_train(args):
     from .data.tokenization import train_on_corpora
 
-    report = train_on_corpora(args.english, args.bash, args.out, vocab_size=args.vocab_size, seed=args.seed)
+    report = train_on_corpora(args.english, args.bash, args.out, vocab_size=args.vocab_size)
     print(json.dumps(report, indent=2))
     print(f"tokenizer written to {args.out}")
 
@@ -338,7 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bash", required=True, help="a bashgpt collect output folder")
     t.add_argument("--out", default="tokenizer", help="output folder (default tokenizer/)")
     t.add_argument("--vocab-size", type=int, default=32000, help="vocabulary size (default 32000; keep < 32767)")
-    t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("data", help="dataset information")

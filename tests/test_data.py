@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from bashgpt.cli import main
 from bashgpt.data import collect as collect_mod
 from bashgpt.data.collect import collect, shebang_interpreter, split_train_validation
-from bashgpt.data.corpus import CorpusError, load_corpus, stdlib_texts
+from bashgpt.data.corpus import CorpusError, held_out, load_corpus, stdlib_texts
 from bashgpt.data.packing import pack_dataset, packed_splits, split_stats
 from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
 
@@ -177,7 +178,9 @@ def test_local_text_jsonl_and_parquet(tmp_path):
     assert load_corpus(str(tmp_path / "j.jsonl"))["train"].column_names == ["text"]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "p.parquet"))
     dd = load_corpus(str(tmp_path / "p.parquet"), validation_fraction=0.2)
-    assert (dd["train"].num_rows, dd["validation"].num_rows) == (8, 2)
+    picked = [r["content"] for r in rows if held_out(r["content"], 0.2)]
+    assert picked and dd["validation"]["text"] == picked  # by a hash of each text, whatever the seed
+    assert dd["train"]["text"] == [r["content"] for r in rows if r["content"] not in picked]
 
 
 def test_hub_name_offline_fails_fast_with_one_line(monkeypatch):
@@ -377,3 +380,32 @@ def test_a_damaged_shard_is_named_in_one_line(tmp_path, capsys, kind):
     damaged = "b.parquet" if kind == "parquet" else "a.jsonl: line 2 is not JSON"
     assert code == 2 and len(err) == 1 and damaged in err[0]
     assert not list((tmp_path / "cache").glob("*.tokens"))  # nothing cached
+
+
+def test_the_newest_deb_is_picked_by_version_not_by_name(tmp_path):
+    import subprocess
+
+    from bashgpt.data.collect import newest_deb
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("needs dpkg-deb (Debian/Ubuntu)")
+    debs = []
+    for version in ("1.9-1", "1.10-1", "1.10~rc1-1"):  # by name 1.9 sorts last; by version 1.10-1 is the newest
+        root = tmp_path / f"build-{version}"
+        (root / "DEBIAN").mkdir(parents=True)
+        (root / "DEBIAN" / "control").write_text(f"Package: demo\nVersion: {version}\nArchitecture: all\n"
+                                                 f"Maintainer: A <a@example.org>\nDescription: demo\n")
+        debs.append(tmp_path / f"demo_{version}_all.deb")
+        subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(debs[-1])], check=True,
+                       capture_output=True)
+    assert sorted(debs)[-1].name == "demo_1.9-1_all.deb"
+    assert newest_deb(debs) == (tmp_path / "demo_1.10-1_all.deb", "1.10-1")
+
+
+def test_the_model_card_asks_for_the_transformers_releases_pyproject_states():
+    from bashgpt.training.report import transformers_requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    stated = next(d for d in pyproject["project"]["dependencies"] if d.startswith("transformers"))
+    assert transformers_requirement() == stated.replace(" ", "")

@@ -9,7 +9,7 @@ import torch
 from test_training import StopAt, options
 
 from bashgpt.cli import main
-from bashgpt.data.corpus import CorpusError, stream_corpus
+from bashgpt.data.corpus import CorpusError, held_out, stream_corpus
 from bashgpt.data.streaming import StreamedBlocks, streamed_splits
 from bashgpt.inference.modelio import load_model
 from bashgpt.training.train import run_training
@@ -17,14 +17,18 @@ from bashgpt.training.train import run_training
 WORDS = "the cat dog ran sat on a mat in the sun park happy little big red blue".split()
 
 
+def document(f: int, i: int) -> str:
+    """Document ``i`` of file ``f``: it carries a unique marker, ``<file>_<index>x``, so any block tells which
+    documents it holds."""
+    return f"{f}_{i}x " + " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(8 + i % 13)) + "."
+
+
 def write_stream_corpus(folder: Path, files: int = 2, per_file: int = 2500) -> Path:
-    """Documents that each carry a unique marker, ``<file>_<index>x``, so any block tells which ones it holds."""
     folder.mkdir(parents=True)
     for f in range(files):
         with open(folder / f"part{f}.jsonl", "w") as fh:
             for i in range(per_file):
-                words = " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(8 + i % 13))
-                fh.write(json.dumps({"story": f"{f}_{i}x {words}."}) + "\n")
+                fh.write(json.dumps({"story": document(f, i)}) + "\n")
     return folder
 
 
@@ -35,18 +39,20 @@ def markers(tokenizer, blocks) -> list[str]:
 
 def test_one_pass_holds_every_training_document_once_and_none_held_out(tmp_path, small_tokenizer):
     corpus = write_stream_corpus(tmp_path / "corpus")
-    train, validation = stream_corpus(str(corpus))
-    assert validation is None  # no validation file: the stream's first documents are held out
-    blocks, held_out = streamed_splits(train, None, small_tokenizer, block_size=64, eval_blocks=8, seed=3)
-    held = markers(small_tokenizer, [held_out[i] for i in range(len(held_out))])
-    assert held and held == [f"0_{i}" for i in range(len(held))]  # whole batches of the first documents
+    train, validation = stream_corpus(str(corpus))  # no validation file: the documents held_out picks
+    blocks, validation_blocks = streamed_splits(train, validation, small_tokenizer, block_size=64, eval_blocks=8,
+                                                seed=3)
+    picked = [f"{f}_{i}" for f in range(2) for i in range(2500) if held_out(document(f, i))]
+    assert 50 < len(picked) < 150  # about 2% of 5,000
+    held = markers(small_tokenizer, [validation_blocks[i] for i in range(len(validation_blocks))])
+    assert held and held == picked[:len(held)]  # whole batches of them, in order
 
-    n_train = 5000 - len(held)
+    n_train = 5000 - len(picked)
     stream = iter(blocks)
-    taken = [next(stream) for _ in range(3000)]  # more than a pass of this corpus
+    taken = [next(stream) for _ in range(4000)]  # more than a pass of this corpus (about 3,600 blocks)
     assert all(b["attention_mask"].all() and torch.equal(b["labels"], b["input_ids"]) for b in taken)  # no padding
     first_pass = markers(small_tokenizer, taken)[:n_train]
-    assert len(set(first_pass)) == n_train and not set(first_pass) & set(held)  # each once, none held out
+    assert len(set(first_pass)) == n_train and not set(first_pass) & set(picked)  # each once, none held out
     assert first_pass != sorted(first_pass, key=lambda m: tuple(map(int, m.split("_"))))  # shuffled
 
 
@@ -61,8 +67,10 @@ def test_the_stream_is_the_same_for_the_same_seed_and_goes_on_past_the_corpus(tm
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, other, strict=True))
     passes = markers(small_tokenizer, [{"input_ids": x} for x in a])
-    assert len(passes) > 600 and passes[:300] != passes[300:600]  # a second pass, in a new order
-    assert sorted(passes[:300]) == sorted(passes[300:600]) == sorted(f"0_{i}" for i in range(300))
+    assert len(passes) > 600 and passes[:290] != passes[290:580]  # a second pass, in a new order
+    trained = sorted(f"0_{i}" for i in range(300) if not held_out(document(0, i)))
+    n = len(trained)
+    assert sorted(passes[:n]) == sorted(passes[n:2 * n]) == trained
 
 
 def test_the_corpus_own_validation_split_is_used(tmp_path, small_tokenizer):

@@ -509,6 +509,48 @@ def test_resumed_time_budget_and_early_stopping_go_on_where_the_checkpoint_was(t
     assert resumed["step"] == 3  # as without the interruption: the count of validations without a best went on
 
 
+def test_a_best_written_after_the_last_sealed_checkpoint_resumes_as_the_uninterrupted_run(tmp_path):
+    """Killed after best/ took step 3's model but before checkpoint-3 was sealed: --resume replays step 3 from
+    checkpoint-2, whose seal holds the best loss and early stopping's patience of that moment together, so the
+    replayed validation is a new best again (not a validation without one) and the run ends as it would have."""
+    early = dict(num_epochs=1, steps_per_epoch=6, eval_steps=1, early_stopping=1)
+    straight = run_training(options(tmp_path, output_dir=str(tmp_path / "a"), **early))
+    run_training(options(tmp_path, output_dir=str(tmp_path / "b"), **early), extra_callbacks=[StopAt(3)])
+    assert json.loads((tmp_path / "b" / "best" / "bashgpt_best.json").read_text())["step"] == 3
+    seal = json.loads((tmp_path / "b" / "checkpoints" / "checkpoint-2" / "bashgpt-complete.json").read_text())
+    assert seal["states"]["best_model"]["best_loss"] == straight["eval_losses"][1]
+    (tmp_path / "b" / "checkpoints" / "checkpoint-3" / "bashgpt-complete.json").unlink()  # never sealed
+    resumed = run_training(options(tmp_path, output_dir=str(tmp_path / "b"), resume=True, **early))
+    assert resumed["step"] == straight["step"] and straight["step"] > 3
+    assert json.loads((tmp_path / "b" / "best" / "bashgpt_best.json").read_text()) == json.loads(
+        (tmp_path / "a" / "best" / "bashgpt_best.json").read_text())
+    a, b = load_model(tmp_path / "a" / "best"), load_model(tmp_path / "b" / "best")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_best_appears_whole_with_its_records_or_not_at_all(tmp_path, monkeypatch):
+    from bashgpt.inference import modelio
+
+    model, tokenizer = BashGPTForCausalLM(BashGPTConfig.from_preset("nano", max_position_embeddings=64)), None
+    modelio.save_model_folder(model, tokenizer, tmp_path / "best", records={"bashgpt_best.json": '{"step": 1}'})
+    assert json.loads((tmp_path / "best" / "bashgpt_best.json").read_text()) == {"step": 1}
+    real_write = Path.write_text
+
+    def crash_on_records(self, text, *args, **kwargs):
+        if self.name == "bashgpt_training.json":
+            raise OSError("killed")
+        return real_write(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", crash_on_records)
+    with pytest.raises(OSError):
+        modelio.save_model_folder(model, tokenizer, tmp_path / "best", records={
+            "bashgpt_best.json": '{"step": 2}', "bashgpt_training.json": "{}"})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "best" / "bashgpt_best.json").read_text()) == {"step": 1}  # the last whole one
+    assert not (tmp_path / "best" / "bashgpt_training.json").exists()
+
+
 def test_resume_takes_the_newest_sealed_checkpoint_and_drops_an_unsealed_one(tmp_path):
     run_training(options(tmp_path, num_epochs=1, eval_steps=1))
     checkpoints = tmp_path / "run" / "checkpoints"

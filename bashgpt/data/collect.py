@@ -10,6 +10,7 @@ Sources (``bashgpt collect SOURCE... --out DIR``):
 Nothing found is ever executed: scripts are only read and parsed with ``bash -n``.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -259,6 +260,21 @@ def debian_copyright_licence(pkg_root: Path, package: str) -> str:
     return " AND ".join(unique) if unique else "see debian/copyright"
 
 
+def newest_deb(files: list[Path]) -> tuple[Path, str]:
+    """The .deb of the newest version among ``files`` (dpkg's order: 1.10 is newer than 1.9), and that version."""
+    versions = {f: subprocess.run(["dpkg-deb", "-f", str(f), "Version"], capture_output=True, text=True).stdout.strip()
+                for f in files}
+
+    def compare(a: Path, b: Path) -> int:
+        if versions[a] == versions[b]:
+            return 0
+        newer = subprocess.run(["dpkg", "--compare-versions", versions[a], "gt", versions[b]]).returncode == 0
+        return 1 if newer else -1
+
+    newest = max(sorted(files), key=functools.cmp_to_key(compare))
+    return newest, versions[newest]
+
+
 def fetch_debian(packages: list[str], cache: Path) -> list[tuple[str, str, Path]]:
     """Download and unpack packages into ``cache``; returns (package, version, root). No system install."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
@@ -279,11 +295,10 @@ def fetch_debian(packages: list[str], cache: Path) -> list[tuple[str, str, Path]
             raise CollectError(f"apt-get download failed ({last}); run 'apt-get update' or check the network")
     out = []
     for package in packages:
-        found = sorted(debs.glob(f"{package}_*.deb"))
+        found = list(debs.glob(f"{package}_*.deb"))
         if not found:
             raise CollectError(f"Debian package {package} was not downloaded; check the name with apt-cache search")
-        deb = found[-1]
-        version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True).stdout.strip()
+        deb, version = newest_deb(found)
         root = cache / "unpacked" / f"{package}_{version}"
         if not root.is_dir():
             tmp = root.with_name(root.name + ".tmp")
@@ -348,7 +363,7 @@ def hub_scripts(spec: str) -> Iterator[Script]:
     for i, row in enumerate(ds):
         text = row[column]
         if isinstance(text, str) and text.strip():
-            yield Script(text=text, source="hub", project=name, version=getattr(ds, "_fingerprint", ""),
+            yield Script(text=text, source="hub", project=name, version=str(ds.info.version or ""),
                          path=str(row.get("path", i)), licence=str(row.get("license", row.get("licence", "unknown"))),
                          interpreter=shebang_interpreter(text.split("\n", 1)[0]) or "bash")
 

@@ -6,10 +6,16 @@ A source is one of:
   a ``bashgpt collect`` output folder (train.jsonl, validation.jsonl, manifest.json)
   ``stdlib``: offline English prose that every Python install carries, the docstrings of the
   standard library and the language-reference topics in ``pydoc_data`` (about 2 MB)
+
+A corpus without a validation split of its own has one cut by a hash of each document's text
+(``held_out``): the same documents in every command, every run and every seed, streamed or not, so
+what ``bashgpt eval`` calls held out was never trained on (and a document's exact copies fall on
+the same side).
 """
 
 import ast
 import functools
+import hashlib
 import json
 import os
 import sysconfig
@@ -23,6 +29,7 @@ from ..network import hub_reachable
 TINYSTORIES = "roneneldan/TinyStories"
 STDLIB = "stdlib"
 TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+VALIDATION_FRACTION = 0.02  # of the documents, where a corpus has no validation split of its own
 
 
 class CorpusError(UserError):
@@ -124,11 +131,30 @@ def _parse_stdlib(min_chars: int) -> tuple[str, ...]:
     return tuple(texts)
 
 
-def split_off_validation(ds: datasets.Dataset, fraction: float, seed: int) -> datasets.DatasetDict:
+def document_hash(text: str) -> int:
+    """64 bits of a document's text, the same on every machine and in every process."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def held_out(text: str, fraction: float = VALIDATION_FRACTION) -> bool:
+    """Whether a document belongs to the validation split of a corpus that has none of its own."""
+    return document_hash(text) < fraction * 2**64
+
+
+def split_off_validation(ds: datasets.Dataset, fraction: float = VALIDATION_FRACTION) -> datasets.DatasetDict:
+    """Validation = the documents ``held_out`` picks, in their order; where it picks none, or all, the one of the
+    lowest hash is validation and the rest train (a small corpus)."""
     if len(ds) < 2:
         raise CorpusError(f"the corpus has {len(ds)} document(s); at least 2 are needed for a validation split")
-    parts = ds.train_test_split(test_size=max(fraction, 1 / len(ds)), seed=seed)
-    return datasets.DatasetDict(train=parts["train"], validation=parts["test"])
+    column = text_column(ds)
+    hashes = [document_hash(text) for batch in ds.select_columns([column]).iter(batch_size=10_000)
+              for text in batch[column]]
+    validation = [i for i, h in enumerate(hashes) if h < fraction * 2**64]
+    if not validation or len(validation) == len(hashes):
+        validation = [min(range(len(hashes)), key=hashes.__getitem__)]
+    chosen = set(validation)
+    train = [i for i in range(len(hashes)) if i not in chosen]
+    return datasets.DatasetDict(train=ds.select(train), validation=ds.select(validation))
 
 
 def local_files(path: Path) -> dict[str, list[str]]:
@@ -155,7 +181,7 @@ def local_data_files(path: Path) -> tuple[str, dict, dict]:
     return builder, {"train": files}, {"sample_by": "paragraph"} if builder == "text" else {}
 
 
-def load_local(path: Path, validation_fraction: float, seed: int) -> datasets.DatasetDict:
+def load_local(path: Path, validation_fraction: float) -> datasets.DatasetDict:
     builder, files, kwargs = local_data_files(path)
     if "validation" in files:
         if os.path.getsize(files["validation"]) == 0:
@@ -166,7 +192,7 @@ def load_local(path: Path, validation_fraction: float, seed: int) -> datasets.Da
     except datasets.exceptions.DatasetGenerationError as err:
         damaged, why = first_damaged(files["train"], builder) or (path, str(err.__cause__ or err))
         raise CorpusError(f"cannot read {damaged}: {why.splitlines()[0]}; fix it, or move it out of {path}") from None
-    return split_off_validation(ds, validation_fraction, seed)
+    return split_off_validation(ds, validation_fraction)
 
 
 def first_damaged(files: list[str], builder: str) -> tuple[str, str] | None:
@@ -219,27 +245,29 @@ def text_only(ds):
     return (ds.rename_column(column, "text") if column != "text" else ds).select_columns(["text"])
 
 
-def load_corpus(source: str = TINYSTORIES, validation_fraction: float = 0.02, seed: int = 0) -> datasets.DatasetDict:
-    """Load ``source`` as train/validation splits, each with a ``text`` column."""
+def load_corpus(source: str = TINYSTORIES, validation_fraction: float = VALIDATION_FRACTION) -> datasets.DatasetDict:
+    """Load ``source`` as train/validation splits, each with a ``text`` column: its own validation split, else the
+    documents ``held_out`` picks."""
     kind = source_kind(source)
     if kind == "stdlib":
-        dd = split_off_validation(datasets.Dataset.from_dict({"text": stdlib_texts()}), validation_fraction, seed)
+        dd = split_off_validation(datasets.Dataset.from_dict({"text": stdlib_texts()}), validation_fraction)
     elif kind == "local":
-        dd = load_local(Path(source).expanduser(), validation_fraction, seed)
+        dd = load_local(Path(source).expanduser(), validation_fraction)
     else:
-        raw, held_out = hub_splits(source)
-        dd = (datasets.DatasetDict(train=raw["train"], validation=raw[held_out]) if held_out
-              else split_off_validation(raw["train"], validation_fraction, seed))
+        raw, own = hub_splits(source)
+        dd = (datasets.DatasetDict(train=raw["train"], validation=raw[own]) if own
+              else split_off_validation(raw["train"], validation_fraction))
     return datasets.DatasetDict({split: text_only(ds) for split, ds in dd.items()})
 
 
-def stream_corpus(source: str = TINYSTORIES) -> tuple[datasets.IterableDataset, datasets.IterableDataset | None]:
-    """``source`` as streams of ``{"text"}`` rows read as they are used (``datasets``' iterable datasets): the
-    train split, and the corpus's own validation split where it has one (else None: the caller holds out the
-    stream's first documents). Nothing is converted or cached, so a corpus larger than the disk or memory trains."""
+def stream_corpus(source: str = TINYSTORIES) -> tuple[datasets.IterableDataset, datasets.IterableDataset]:
+    """``source`` as streams of ``{"text"}`` rows read as they are used (``datasets``' iterable datasets): train and
+    validation, the corpus's own validation split where it has one, else the documents ``held_out`` picks (which
+    the train stream then leaves out). Nothing is converted or cached, so a corpus larger than the disk or memory
+    trains."""
     kind = source_kind(source)
     if kind == "stdlib":
-        splits, held_out = {"train": datasets.Dataset.from_dict({"text": stdlib_texts()}).to_iterable_dataset()}, None
+        splits, own = {"train": datasets.Dataset.from_dict({"text": stdlib_texts()}).to_iterable_dataset()}, None
     elif kind == "local":
         path = Path(source).expanduser()
         builder, files, kwargs = local_data_files(path)
@@ -249,7 +277,11 @@ def stream_corpus(source: str = TINYSTORIES) -> tuple[datasets.IterableDataset, 
             raise CorpusError(f"{path} has no documents; point --dataset at files with text in them") from None
         except READ_ERRORS as err:
             raise read_error(err) from None
-        held_out = "validation" if "validation" in files else None
+        own = "validation" if "validation" in files else None
     else:
-        splits, held_out = hub_splits(source, streaming=True)
-    return text_only(splits["train"]), text_only(splits[held_out]) if held_out else None
+        splits, own = hub_splits(source, streaming=True)
+    train = text_only(splits["train"])
+    if own:
+        return train, text_only(splits[own])
+    return (train.filter(lambda batch: [not held_out(t) for t in batch["text"]], batched=True),
+            train.filter(lambda batch: [held_out(t) for t in batch["text"]], batched=True))

@@ -8,8 +8,8 @@ is one endless epoch, so resuming skips exactly the blocks the run has used (Tra
 the stream, re-reading without training) and continues on the same blocks an uninterrupted run
 would have seen.
 
-Validation is the corpus's own validation split where it has one; otherwise the stream's first
-documents are held out and training skips them.
+Validation is the corpus's own validation split where it has one; otherwise the documents that
+``corpus.held_out`` picks by a hash of their text, as every command picks them (corpus.stream_corpus).
 """
 
 from itertools import count
@@ -72,17 +72,12 @@ def held_out_blocks(docs: datasets.IterableDataset, tokenizer, block_size: int, 
     return TokenBlocks(stream, block_size, tokenizer.pad_token_id), documents
 
 
-def streamed_splits(train: datasets.IterableDataset, validation: datasets.IterableDataset | None, tokenizer,
+def streamed_splits(train: datasets.IterableDataset, validation: datasets.IterableDataset, tokenizer,
                     block_size: int, eval_blocks: int, seed: int) -> tuple[StreamedBlocks, TokenBlocks]:
-    """Training blocks as a stream and validation blocks in memory. Without a validation split the stream's first
-    documents are held out, in whole batches, and the training stream skips them; if that leaves no training
-    documents, the corpus is too small to stream (train without --streaming)."""
-    if validation is not None:
-        held_out, _ = held_out_blocks(validation, tokenizer, block_size, eval_blocks)
-    else:
-        held_out, documents = held_out_blocks(train, tokenizer, block_size, eval_blocks)
-        train = train.skip(documents)
-        if next(read_batches(train), None) is None:
-            raise CorpusError(f"the corpus has {documents:,} documents, all needed for validation; it is small enough "
-                              f"to train without --streaming")
+    """Training blocks as a stream, and the first validation documents, whole batches of them, as blocks in memory.
+    A corpus with no validation document is too small to stream (without --streaming one is always held out)."""
+    held_out, documents = held_out_blocks(validation, tokenizer, block_size, eval_blocks)
+    if not documents:
+        raise CorpusError("no document of the corpus falls in its held-out share; it is small enough to train "
+                          "without --streaming")
     return StreamedBlocks(train, tokenizer, block_size, seed), held_out

@@ -79,7 +79,7 @@ def bytes_per_token(tokenizer, texts: list[str]) -> float:
     return n_bytes / max(n_tokens, 1)
 
 
-def train_on_corpora(english: str, bash: str, out: str | Path, vocab_size: int = 32000, seed: int = 0,
+def train_on_corpora(english: str, bash: str, out: str | Path, vocab_size: int = 32000,
                      min_frequency: int = 1) -> dict:
     """Train the tokenizer on an English corpus and a ``bashgpt collect`` folder; save it to ``out``.
 
@@ -88,8 +88,8 @@ def train_on_corpora(english: str, bash: str, out: str | Path, vocab_size: int =
     """
     from .corpus import load_corpus
 
-    eng = load_corpus(english, seed=seed)
-    sh = load_corpus(bash, seed=seed)
+    eng = load_corpus(english)
+    sh = load_corpus(bash)
     train_texts = list(eng["train"]["text"]) + list(sh["train"]["text"])
     tokenizer = train_tokenizer(train_texts, vocab_size=vocab_size, min_frequency=min_frequency)
     out = Path(out)

@@ -84,8 +84,8 @@ class QualityReport:
 
 def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None,
                    wrote: list[bool] | None = None) -> QualityReport:
-    """Rates over ``scripts``; a script whose model wrote nothing (``wrote`` False: a guarded sample cut back
-    to its prompt) does not count as parsing."""
+    """Rates over ``scripts``; a script whose model wrote no command (``wrote`` False: nothing, or only comments,
+    ``exit`` or ``:``, as ``Sample.does_something`` says) does not count as parsing."""
     parsed, sc_error_free, sc_warning_free = 0, 0, 0
     have_sc = shellcheck_binary() is not None
     wrote = wrote or [True] * len(scripts)
@@ -135,7 +135,7 @@ def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: lis
         slowest = max(slowest, time.monotonic() - began)
     for kind, made in samples.items():
         result[kind] = script_quality([s.script for s in made], tokenizer, [s.ended for s in made],
-                                      wrote=[bool(s.completion.strip()) for s in made]).as_dict()
+                                      wrote=[s.does_something for s in made]).as_dict()
     if code_texts:
         real = code_texts[:real_scripts]
         result["real"] = script_quality(real, tokenizer, None).as_dict()

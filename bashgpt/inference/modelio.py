@@ -32,9 +32,11 @@ def atomic_replace_dir(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model_folder(model, tokenizer, dest: str | Path, card: str | None = None, state_dict: dict | None = None) -> Path:
-    """Write a loadable model folder at ``dest`` atomically; ``state_dict``: the weights to write, when the model's
-    own are shards (training/sharding.py)."""
+def save_model_folder(model, tokenizer, dest: str | Path, card: str | None = None, state_dict: dict | None = None,
+                      records: dict[str, str] | None = None) -> Path:
+    """Write a loadable model folder at ``dest`` atomically, with ``records`` (file name -> text) inside it: the
+    folder appears whole, with them, or not at all. ``state_dict``: the weights to write, when the model's own are
+    shards (training/sharding.py)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(dest)
@@ -45,6 +47,8 @@ def save_model_folder(model, tokenizer, dest: str | Path, card: str | None = Non
         tokenizer.save_pretrained(str(tmp))
     if card is not None:
         (tmp / "README.md").write_text(card)
+    for name, text in (records or {}).items():
+        (tmp / name).write_text(text)
     for f in tmp.iterdir():  # make the data durable before the rename makes it visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

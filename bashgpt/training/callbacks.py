@@ -124,6 +124,13 @@ class BestModelSaver(TrainerCallback):
         self.best_loss = best_loss
         self.saved_once = False
 
+    def state_dict(self) -> dict:
+        return {"best_loss": None if math.isinf(self.best_loss) else self.best_loss, "saved_once": self.saved_once}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_loss = math.inf if state["best_loss"] is None else state["best_loss"]
+        self.saved_once = state["saved_once"]
+
     def improves(self, loss: float | None) -> bool:
         return loss is not None and math.isfinite(loss) and loss < self.best_loss
 

@@ -5,6 +5,17 @@ import math
 from pathlib import Path
 
 
+def transformers_requirement() -> str:
+    """The Transformers releases bashgpt asks for, as pyproject.toml states them (read from the installed package)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    found = [Requirement(text) for text in requires("bashgpt") or []]
+    spec = next((str(r.specifier) for r in found if r.name == "transformers" and r.marker is None), "")
+    return "transformers" + ",".join(sorted(spec.split(","), reverse=True)) if spec else "transformers"
+
+
 def read_log(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -89,7 +100,7 @@ def model_card(info: dict) -> str:
         "```",
         "",
         "Without bashgpt installed, pass `trust_remote_code=True` (the folder carries its modeling code; it needs",
-        "`transformers>=5.23,<6`).",
+        f"`{transformers_requirement()}`).",
         f"From the command line: `bashgpt generate {info['path']} --prompt '#!/bin/bash' --check`.",
         "",
         "Never run a generated script before reading it: `bashgpt generate --check` parses it with `bash -n`",

@@ -369,14 +369,15 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
             loss = advice.eval_losses[-1] if advice.eval_losses else float("nan")
             info = dict(card_info, step=state.global_step, eval_loss=loss,
                         train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
-            save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info), state_dict=weights)
-            (best_dir / "bashgpt_best.json").write_text(json.dumps({"step": state.global_step, "eval_loss": loss}))
-            (best_dir / "bashgpt_training.json").write_text(json.dumps(lineage, indent=2) + "\n")
+            records = {"bashgpt_best.json": json.dumps({"step": state.global_step, "eval_loss": loss}),
+                       "bashgpt_training.json": json.dumps(lineage, indent=2) + "\n"}
+            save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info), state_dict=weights,
+                              records=records)  # best/ appears with its records or not at all
             run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}", console=False)
             if pusher:
                 pusher.on_new_best(best_dir, state.global_step)
 
-        best_loss = math.inf
+        best_loss = math.inf  # a checkpoint sealed before the saver's state was sealed too: best/'s own record
         if resume_from and (best_dir / "bashgpt_best.json").is_file():
             best_loss = json.loads((best_dir / "bashgpt_best.json").read_text())["eval_loss"]
         tokens_per_step = effective_batch * opts.seq_len
@@ -387,7 +388,9 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
         progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, throughput, run.say, live, run.is_main, saver,
                                 budget)  # before the saver in the list: it asks, then the saver updates
         early = [EarlyStop(opts.early_stopping, saver, run.say)] if opts.early_stopping else []
-        stateful = {"time_budget": budget, "early_stopping": early[0] if early else None, "skip_ledger": ledger}
+        # sealed into every checkpoint together, so the best loss and early stopping's patience resume as one
+        stateful = {"time_budget": budget, "early_stopping": early[0] if early else None, "skip_ledger": ledger,
+                    "best_model": saver}
         stateful = {name: part for name, part in stateful.items() if part is not None}
         if resume_from:
             restore_states(Path(resume_from), stateful)
@@ -441,7 +444,7 @@ def training_data(opts: TrainOptions, tokenizer, progress: bool):
                                                opts.eval_blocks, opts.seed)
         train_stats = {"sequences": None, "tokens": None}
     else:
-        packed = packed_splits(load_corpus(opts.dataset, seed=opts.seed), tokenizer, opts.seq_len,
+        packed = packed_splits(load_corpus(opts.dataset), tokenizer, opts.seq_len,
                                cache_dir=opts.cache_dir or str(packed_cache_dir()), progress=progress)
         train_ds, validation = packed["train"], packed["validation"]
         train_stats = split_stats(train_ds)
