@@ -58,7 +58,8 @@ class BashGPTConfig(PreTrainedConfig):
     hidden_act: str = "gelu_pytorch_tanh"
     norm_type: str = "layernorm"
     position_embedding_type: str = "learned"
-    rope_parameters: dict | None = None  # rope only; default {"rope_type": "default", "rope_theta": 10000.0}
+    rope_parameters: dict | None = None  # rope only (None for learned positions); default {"rope_type": "default",
+    # "rope_theta": 10000.0}
     layer_norm_epsilon: float = 1e-5
     embd_pdrop: float = 0.0
     resid_pdrop: float = 0.0
@@ -76,6 +77,8 @@ class BashGPTConfig(PreTrainedConfig):
             self.intermediate_size = 4 * self.hidden_size
         super().__post_init__(**kwargs)  # standardises rope_parameters (and moves an old rope_theta into them)
         self.validate_architecture()
+        if self.position_embedding_type != "rope":
+            self.rope_parameters = None  # learned positions: nothing rotary to scale, so no RoPE parameters
 
     def validate_architecture(self):
         """Raise one clear ValueError naming the bad value and the allowed choices."""

@@ -193,6 +193,17 @@ def test_an_old_rope_theta_is_read_into_rope_parameters():
     assert cfg.rope_parameters == {"rope_type": "default", "rope_theta": 500.0}
 
 
+def test_a_learned_position_model_carries_no_rope_parameters(tmp_path):
+    learned = small_config()
+    assert learned.rope_parameters is None and learned.to_dict()["rope_parameters"] is None
+    learned.save_pretrained(tmp_path)
+    assert BashGPTConfig.from_pretrained(tmp_path).rope_parameters is None
+    old = learned.to_dict() | {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}  # saved before
+    assert BashGPTConfig(**old).rope_parameters is None
+    assert small_config(position_embedding_type="rope").rope_parameters == {"rope_type": "default",
+                                                                            "rope_theta": 10000.0}
+
+
 @pytest.mark.parametrize("rope, words", [
     ({"rope_type": "proportional", "factor": 2.0}, "rope_type='proportional' is not supported"),
     ({"rope_type": "linear"}, "factor"),
