@@ -15,7 +15,7 @@ from .inference.gguf_export import DTYPES as GGUF_DTYPES
 
 def cmd_collect(args):
     from .data.collect import collect, format_summary
-    from .data.tokenization import load_tokenizer
+    from .model_folder import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     manifest = collect(args.sources, args.out, validation_fraction=args.validation_fraction, seed=args.seed,
@@ -36,7 +36,7 @@ def cmd_tokenizer_train(args):
 def cmd_data_stats(args):
     from .data.corpus import load_corpus
     from .data.packing import format_stats, packed_splits, split_stats
-    from .data.tokenization import load_tokenizer
+    from .model_folder import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     packed = packed_splits(load_corpus(args.dataset), tokenizer, args.seq_len, cache_dir=args.cache)
@@ -52,7 +52,7 @@ def cmd_train(args):
 
 def load_for_inference(model_dir: str, device: str, trust_remote_code: bool = False):
     from .devices import resolve_device
-    from .inference.modelio import load_foreign_model, load_model_and_tokenizer, read_model_type
+    from .model_folder import load_foreign_model, load_model_and_tokenizer, read_model_type
 
     folder = Path(model_dir)
     model_type = read_model_type(folder)
@@ -65,7 +65,7 @@ def load_for_inference(model_dir: str, device: str, trust_remote_code: bool = Fa
 
 def cmd_generate(args):
     from .inference.generate import check_report, generate, rank, sample_record
-    from .inference.sampling import SamplingOptions
+    from .sampling import SamplingOptions
 
     if args.prompt_file:
         try:
@@ -110,11 +110,11 @@ def cmd_generate(args):
 def cmd_eval(args):
     deadline = time.monotonic() + args.time_limit * 60 if args.time_limit else None
     from .data.corpus import load_corpus
-    from .inference.evaluate import add_to_model_card, evaluate, format_table, load_prompts, save_json
-    from .inference.modelio import check_model_folder
-    from .inference.nl2sh import evaluate_nl2sh, load_nl2sh
-    from .inference.sampling import SamplingOptions
-    from .inference.tasks import TASKS_FILE, load_tasks
+    from .data.nl2sh import load_nl2sh
+    from .data.tasks import TASKS_FILE, load_tasks
+    from .inference.evaluate import add_to_model_card, evaluate, evaluate_nl2sh, format_table, load_prompts, save_json
+    from .model_folder import check_model_folder
+    from .sampling import SamplingOptions
     from .training.train import corpus_of
 
     prompts = load_prompts(Path(args.prompts)) if args.prompts else load_tasks(Path(args.tasks or TASKS_FILE))
@@ -143,7 +143,7 @@ def cmd_eval(args):
 
 
 def cmd_export(args):
-    from .inference.modelio import load_model_and_tokenizer
+    from .model_folder import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(args.model_dir)
     if args.format == "gguf":
@@ -172,7 +172,7 @@ def cmd_quickstart(args):
 
 
 def add_sampling_arguments(p, max_new_tokens: int | None):
-    from .inference.sampling import DEFAULTS
+    from .sampling import DEFAULTS
 
     model_or = "default: the model's generation_config.json, else {}"
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language-data", help="stage-1 corpus (default: what the model was trained on)")
     p.add_argument("--code-data", help="bash corpus (default: what the model was fine-tuned on)")
     p.add_argument("--tasks", help="task file: prompts with the commands each task needs, for task relevance "
-                                   "(default: the shipped 74 tasks, bashgpt/inference/tasks.txt, which says the format)")
+                                   "(default: the shipped 74 tasks, bashgpt/data/tasks.txt, which says the format)")
     p.add_argument("--prompts", help="plain prompt file instead, prompts separated by lines '===' (no task relevance)")
     p.add_argument("--nl2sh", action="store_true", help="also score NL2SH-ALFA's 300 tasks (pip install "
                    "'bashgpt[nl2sh]'): one guarded sample each, credited when it uses the reference command's "

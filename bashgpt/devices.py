@@ -6,14 +6,32 @@ MPS uses the unfused optimizer; pin_memory is unsupported on MPS.
 """
 
 import os
+import resource
+import sys
 from dataclasses import dataclass
 
 import torch
 
 from .errors import UserError
-from .training.cpu_memory import peak_rss_bytes
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident memory, in bytes.
+
+    On Linux it reads VmHWM: ``ru_maxrss`` survives fork+exec, so a child started by a large
+    process (a test runner, a launcher) would report its parent's peak instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
 
 
 @dataclass

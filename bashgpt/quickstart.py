@@ -18,10 +18,11 @@ from pathlib import Path
 from .data.collect import DEFAULT_DEBIAN_PACKAGES, CollectError, collect, format_summary
 from .data.corpus import STDLIB, load_corpus
 from .data.packing import packed_splits
-from .data.tokenization import default_tokenizer_dir, encode_batch, load_tokenizer, train_on_corpora
+from .data.tokenization import default_tokenizer_dir, encode_batch, train_on_corpora
 from .devices import bf16_is_fast, resolve_device
 from .inference.generate import check_report
-from .inference.sampling import SamplingOptions
+from .model_folder import load_tokenizer
+from .sampling import SamplingOptions
 from .training.options import TrainOptions
 from .training.train import run_training
 
@@ -195,9 +196,9 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
                                    **{k: v for k, v in common.items() if k != "model_size"}))
 
     say("Evaluating: held-out loss on both corpora, and the bash the model writes")
+    from .data.tasks import load_tasks
     from .inference.evaluate import add_to_model_card, evaluate, format_table, save_json
-    from .inference.modelio import load_model_and_tokenizer
-    from .inference.tasks import load_tasks
+    from .model_folder import load_model_and_tokenizer
 
     best = Path(s2["best"])
     model, tok = load_model_and_tokenizer(best)

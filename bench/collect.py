@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_description  # noqa: E402
 
 from bashgpt.data.collect import DEFAULT_DEBIAN_PACKAGES, collect  # noqa: E402
-from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer  # noqa: E402
+from bashgpt.data.tokenization import default_tokenizer_dir  # noqa: E402
+from bashgpt.model_folder import load_tokenizer  # noqa: E402
 
 
 def main() -> None:

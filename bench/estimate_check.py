@@ -22,7 +22,8 @@ CONFIGS = [("nano", 8, 256, False, False), ("nano", 8, 256, True, False), ("tiny
 PROBE = r"""
 import json, sys, time, torch
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
-from bashgpt.training.cpu_memory import keep_large_allocations_on_heap, peak_rss_bytes
+from bashgpt.devices import peak_rss_bytes
+from bashgpt.training.cpu_memory import keep_large_allocations_on_heap
 keep_large_allocations_on_heap()
 size, B, T, amp, gc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1"
 cfg = BashGPTConfig.from_preset(size)

@@ -59,7 +59,7 @@ def llama_cpp_rows(model_dir: Path, texts: list[str], work: Path) -> list[dict]:
     import llama_cpp
 
     from bashgpt.cli import main
-    from bashgpt.inference.modelio import load_model_and_tokenizer
+    from bashgpt.model_folder import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_dir)
     rows = []
@@ -90,7 +90,7 @@ def llama_cpp_rows(model_dir: Path, texts: list[str], work: Path) -> list[dict]:
 
 def transformers4_row(model_dir: Path, python: str, texts: list[str], work: Path) -> dict:
     from bashgpt.cli import main
-    from bashgpt.inference.modelio import load_model_and_tokenizer
+    from bashgpt.model_folder import load_model_and_tokenizer
 
     _, tokenizer = load_model_and_tokenizer(model_dir)
     folder = work / "gpt2"

@@ -20,6 +20,7 @@ rm -rf "$STAGE"
 mkdir -p "$STAGE/wheels"
 
 echo "gpu_prepare: bashgpt's wheel"
+rm -rf build  # setuptools' staging folder: a stale one would ship files the tree no longer has
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$STAGE/wheels" .
 "$PY" bench/gpu_wheels.py > "$STAGE/carry.txt"
 echo "gpu_prepare: $(wc -l < "$STAGE/carry.txt") releases for Python 3.12 manylinux x86_64"

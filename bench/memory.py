@@ -35,7 +35,8 @@ GUIDE_RUNS = [("tiny", 4, 2.5), ("medium", 2, 8), ("xlarge", 2, 24), ("large", 4
 PROBE = r"""
 import json, sys, time, torch
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
-from bashgpt.training.cpu_memory import keep_large_allocations_on_heap, peak_rss_bytes, return_freed_memory
+from bashgpt.devices import peak_rss_bytes
+from bashgpt.training.cpu_memory import keep_large_allocations_on_heap, return_freed_memory
 from bashgpt.training.levers import Levers, apply_to_model, build_optimizer
 spec = json.loads(sys.argv[1])
 if spec.get("budget"):  # what training does under a memory budget, and without one (cpu_memory.py)
@@ -218,7 +219,8 @@ def token_files(folder: Path) -> tuple[str, str]:
     import torch
 
     from bashgpt.data.corpus import STDLIB, load_corpus
-    from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+    from bashgpt.data.tokenization import default_tokenizer_dir
+    from bashgpt.model_folder import load_tokenizer
 
     tok = load_tokenizer(default_tokenizer_dir())
     corpus = load_corpus(STDLIB, seed=0)

@@ -6,7 +6,7 @@ rate, end of text and held-out bits per byte, one quickstart per kind of pair, o
 
 Each variant is the corpus's training split with some kinds of pair left out (the validation split, scripts only,
 is the same for all); the real quickstart (`run_quickstart`) trains on it for --minutes (collection skipped: it is the
-same for all) and evaluates as it always does: every task of bashgpt/inference/tasks.txt, one raw and one guarded
+same for all) and evaluates as it always does: every task of bashgpt/data/tasks.txt, one raw and one guarded
 sample each, until its clock runs out. Writes bench/pairs.md and bench/pairs.json with the CPU named.
 """
 

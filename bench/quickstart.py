@@ -59,10 +59,10 @@ def speed(reps: int) -> dict:
 
 def recipe(corpus: Path, minutes: float, work: Path) -> list[dict]:
     import bashgpt.quickstart as qs
+    from bashgpt.data.tasks import load_tasks
     from bashgpt.inference.evaluate import evaluate
     from bashgpt.inference.generate import SamplingOptions
-    from bashgpt.inference.modelio import load_model_and_tokenizer
-    from bashgpt.inference.tasks import load_tasks
+    from bashgpt.model_folder import load_model_and_tokenizer
 
     def copy_corpus(plan, tokenizer):
         shutil.copytree(corpus, plan.out / "bash-corpus", dirs_exist_ok=True)

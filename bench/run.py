@@ -273,7 +273,8 @@ def bench_pack_layout(dtypes, reps, peaks, size="tiny"):
 
 def bench_data(reps):
     from bashgpt.data.collect import collect
-    from bashgpt.data.tokenization import default_tokenizer_dir, encode_batch, load_tokenizer
+    from bashgpt.data.tokenization import default_tokenizer_dir, encode_batch
+    from bashgpt.model_folder import load_tokenizer
 
     sources = [s for s in (os.environ.get("BASHGPT_BENCH_DEBIAN"),) if s] or ["system"]
     times = []

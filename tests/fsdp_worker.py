@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch.distributed.fsdp import fully_shard
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
-from bashgpt.inference.modelio import save_model_folder
+from bashgpt.model_folder import save_model_folder
 from bashgpt.training.sharding import full_state_dict, is_sharded
 
 

@@ -19,7 +19,8 @@ with warnings.catch_warnings(record=True) as caught:
     from transformers import AutoModelForCausalLM, pipeline
 
     from bashgpt import BashGPTConfig, BashGPTForCausalLM
-    from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+    from bashgpt.data.tokenization import default_tokenizer_dir
+    from bashgpt.model_folder import load_tokenizer
 
     tok = load_tokenizer(default_tokenizer_dir())
     cfg = BashGPTConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

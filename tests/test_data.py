@@ -14,7 +14,8 @@ from bashgpt.data import collect as collect_mod
 from bashgpt.data.collect import collect, shebang_interpreter, split_train_validation
 from bashgpt.data.corpus import CorpusError, held_out, load_corpus, stdlib_texts
 from bashgpt.data.packing import pack_dataset, packed_splits, split_stats
-from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.data.tokenization import default_tokenizer_dir
+from bashgpt.model_folder import load_tokenizer
 
 
 def real_script(i: int) -> str:

@@ -13,8 +13,8 @@ from conftest import SAMPLE_TEXTS
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
-from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
-from bashgpt.inference.modelio import load_model_and_tokenizer, save_model_folder
+from bashgpt.data.tokenization import default_tokenizer_dir
+from bashgpt.model_folder import load_model_and_tokenizer, load_tokenizer, save_model_folder
 
 BASH = [
     "#!/bin/bash\n# Delete log files older than 30 days\nfind \"${1:-.}\" -name '*.log' -mtime +30 -delete\n",

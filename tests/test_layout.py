@@ -77,6 +77,45 @@ def test_no_import_circles():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
+# The layers, bottom up: a module imports only from its own layer and those below; training and inference stand
+# side by side (neither imports the other). What is not named here belongs to the layer of its subpackage.
+LAYERS = {
+    "model": {f"bashgpt.{m}" for m in MODEL_FILES} | {"bashgpt"},
+    "base": {f"bashgpt.{m}" for m in ("errors", "devices", "logs", "network", "model_folder", "sampling", "shellcheck")},
+    "data": {"bashgpt.data"},
+    "training": {"bashgpt.training"},
+    "inference": {"bashgpt.inference"},
+    "top": {"bashgpt.quickstart", "bashgpt.cli"},
+}
+BELOW = {"model": set(), "base": {"model"}, "data": {"model", "base"}, "training": {"model", "base", "data"},
+         "inference": {"model", "base", "data"}, "top": {"model", "base", "data", "training", "inference"}}
+
+
+def layer_of(module: str) -> str:
+    for layer, members in LAYERS.items():
+        if module in members or any(module.startswith(m + ".") for m in members if m != "bashgpt"):
+            return layer
+    raise AssertionError(f"{module} has no layer: add it to LAYERS")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, deps in graph.items() for b in deps
+                  if layer_of(b) != layer_of(a) and layer_of(b) not in BELOW[layer_of(a)])
+
+
+def test_the_layer_check_finds_a_planted_upward_import():
+    planted = {"bashgpt.data.corpus": {"bashgpt.inference.tasks"}, "bashgpt.training.train": {"bashgpt.inference.x"},
+               "bashgpt.inference.generate": {"bashgpt.data.tasks", "bashgpt.sampling"}}
+    assert upward_imports(planted) == ["bashgpt.data.corpus -> bashgpt.inference.tasks",
+                                       "bashgpt.training.train -> bashgpt.inference.x"]
+
+
+def test_imports_only_go_down():
+    """Model files, then the base modules (errors, devices, the model-folder module...), then data, then training and
+    inference side by side, then the quickstart and the CLI."""
+    assert upward_imports(module_imports()) == []
+
+
 def test_model_files_import_only_each_other():
     """Remote code loads these files from a model folder, where the rest of bashgpt is absent."""
     graph = module_imports()

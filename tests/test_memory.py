@@ -14,7 +14,7 @@ from test_training import options
 from bashgpt import BashGPTForCausalLM
 from bashgpt.cli import main
 from bashgpt.errors import UserError
-from bashgpt.inference.modelio import load_model
+from bashgpt.model_folder import load_model
 from bashgpt.training import levers as levers_module
 from bashgpt.training import memory_plan
 from bashgpt.training.estimate import estimate

@@ -7,7 +7,7 @@ import pytest
 
 from bashgpt.data.collect import collect
 from bashgpt.data.pairs import Contamination, comment_pairs, description, man_page_pairs, man_pairs
-from bashgpt.inference.tasks import load_tasks
+from bashgpt.data.tasks import load_tasks
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -17,9 +17,9 @@ from test_training import Poison, assert_same, options, write_corpus
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
-from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.data.tokenization import default_tokenizer_dir
 from bashgpt.errors import UserError
-from bashgpt.inference.modelio import load_model, save_model_folder
+from bashgpt.model_folder import load_model, load_tokenizer, save_model_folder
 from bashgpt.training.run_safety import SEAL
 from bashgpt.training.train import run_training
 
@@ -213,7 +213,7 @@ def collect_in_child(src: Path, out: Path) -> tuple[dict, int, str]:
     code = f"""
 import json
 from bashgpt.data.collect import collect
-from bashgpt.training.cpu_memory import peak_rss_bytes
+from bashgpt.devices import peak_rss_bytes
 before = peak_rss_bytes()
 m = collect([{str(src)!r}], {str(out)!r})
 print(json.dumps({{"manifest": m, "growth": peak_rss_bytes() - before}}))
@@ -227,7 +227,7 @@ print(json.dumps({{"manifest": m, "growth": peak_rss_bytes() - before}}))
 def test_peak_memory_is_this_process_own_not_the_parents():
     ballast = bytearray(1500 * 2**20)
     ballast[:: 4096] = b"\1" * len(ballast[:: 4096])  # touch every page: the parent is now 1.5 GB bigger
-    code = "from bashgpt.training.cpu_memory import peak_rss_bytes; print(peak_rss_bytes())"
+    code = "from bashgpt.devices import peak_rss_bytes; print(peak_rss_bytes())"
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert child < 1000 * 2**20 < len(ballast)  # importing bashgpt (torch) is about 400 MB
 

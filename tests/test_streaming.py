@@ -11,7 +11,7 @@ from test_training import StopAt, options
 from bashgpt.cli import main
 from bashgpt.data.corpus import CorpusError, held_out, stream_corpus
 from bashgpt.data.streaming import StreamedBlocks, streamed_splits
-from bashgpt.inference.modelio import load_model
+from bashgpt.model_folder import load_model
 from bashgpt.training.train import run_training
 
 WORDS = "the cat dog ran sat on a mat in the sun park happy little big red blue".split()

@@ -8,11 +8,8 @@ from transformers import LogitsProcessorList, pipeline
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
-from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.data.tokenization import default_tokenizer_dir
 from bashgpt.inference.generate import generate
-from bashgpt.inference.modelio import save_model_folder
-from bashgpt.inference.sampling import SamplingOptions
-from bashgpt.inference.shellcheck import bash_parse
 from bashgpt.inference.syntax_guard import (
     BROKEN,
     COMPLETE,
@@ -24,6 +21,9 @@ from bashgpt.inference.syntax_guard import (
     ScriptGuard,
     guarded_generate,
 )
+from bashgpt.model_folder import load_tokenizer, save_model_folder
+from bashgpt.sampling import SamplingOptions
+from bashgpt.shellcheck import bash_parse
 
 PROMPT = "#!/bin/bash\n"
 

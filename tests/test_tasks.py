@@ -8,14 +8,8 @@ from test_syntax_guard import feed, ids_of
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
-from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
-from bashgpt.inference import evaluate as evaluate_module
-from bashgpt.inference.generate import Sample, rank
-from bashgpt.inference.nl2sh import Nl2shError, Nl2shTask, load_nl2sh, nl2sh_scores, utilities
-from bashgpt.inference.sampling import SamplingOptions
-from bashgpt.inference.shellcheck import bash_parse
-from bashgpt.inference.syntax_guard import LineChecker, ScriptGuard
-from bashgpt.inference.tasks import (
+from bashgpt.data.nl2sh import Nl2shError, Nl2shTask, load_nl2sh, nl2sh_scores, utilities
+from bashgpt.data.tasks import (
     Task,
     TaskFileError,
     chance_level,
@@ -25,6 +19,13 @@ from bashgpt.inference.tasks import (
     reference_scores,
     relevance_rates,
 )
+from bashgpt.data.tokenization import default_tokenizer_dir
+from bashgpt.inference import evaluate as evaluate_module
+from bashgpt.inference.generate import Sample, rank
+from bashgpt.inference.syntax_guard import LineChecker, ScriptGuard
+from bashgpt.model_folder import load_tokenizer
+from bashgpt.sampling import SamplingOptions
+from bashgpt.shellcheck import bash_parse
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +222,7 @@ def test_an_nl2sh_release_laid_out_otherwise_is_one_line(tmp_path, monkeypatch, 
 
 
 def test_eval_scores_nl2sh_alfa_without_running_anything(nano, tmp_path, capsys):
-    from bashgpt.inference.modelio import save_model_folder
+    from bashgpt.model_folder import save_model_folder
 
     model, tok = nano
     folder = save_model_folder(model, tok, tmp_path / "m")

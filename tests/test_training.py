@@ -15,9 +15,9 @@ from transformers import TrainerCallback
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
-from bashgpt.data.tokenization import default_tokenizer_dir, load_tokenizer
+from bashgpt.data.tokenization import default_tokenizer_dir
 from bashgpt.errors import UserError
-from bashgpt.inference.modelio import load_model, save_model_folder
+from bashgpt.model_folder import load_model, load_tokenizer, save_model_folder
 from bashgpt.training import callbacks
 from bashgpt.training.callbacks import TimeBudget
 from bashgpt.training.options import TrainOptions
@@ -530,7 +530,7 @@ def test_a_best_written_after_the_last_sealed_checkpoint_resumes_as_the_uninterr
 
 
 def test_best_appears_whole_with_its_records_or_not_at_all(tmp_path, monkeypatch):
-    from bashgpt.inference import modelio
+    from bashgpt import model_folder as modelio
 
     model, tokenizer = BashGPTForCausalLM(BashGPTConfig.from_preset("nano", max_position_embeddings=64)), None
     modelio.save_model_folder(model, tokenizer, tmp_path / "best", records={"bashgpt_best.json": '{"step": 1}'})

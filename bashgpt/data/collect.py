@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..inference.shellcheck import bash_parse
+from ..shellcheck import bash_parse
 from .cache_dirs import cache_root
 from .pairs import Contamination, comment_pairs, man_page_pairs
 from .tokenization import encode_batch

@@ -245,8 +245,8 @@ class Contamination:
 
     @classmethod
     def of_evaluation(cls) -> "Contamination":
-        from ..inference.nl2sh import Nl2shError, load_nl2sh
-        from ..inference.tasks import load_tasks
+        from .nl2sh import Nl2shError, load_nl2sh
+        from .tasks import load_tasks
 
         tasks = load_tasks()
         descriptions = [line.lstrip("# ") for t in tasks for line in t.prompt.splitlines()[1:] if line.startswith("# ")]

@@ -10,9 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-from ..errors import UserError
+from transformers import PreTrainedTokenizerFast
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -52,16 +50,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int
 def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of ``texts`` without special tokens, straight from the fast backend (no length warnings)."""
     return [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
-
-
-def load_tokenizer(path: str | Path):
-    """Load a tokenizer folder, or raise a one-line error that says what to do."""
-    path = Path(path)
-    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-        raise UserError(
-            f"no tokenizer in {path} (tokenizer.json missing); copy one there, e.g. from the repository's tokenizer/ folder"
-        )
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "tokenizer"

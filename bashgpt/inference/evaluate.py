@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..data.nl2sh import Nl2shTask, nl2sh_scores
 from ..data.packing import pack_dataset
+from ..data.tasks import Task, chance_level, has_command, reference_scores, relevance_rates
 from ..data.tokenization import encode_batch
 from ..errors import UserError
+from ..sampling import SamplingOptions
+from ..shellcheck import bash_parse, shellcheck, shellcheck_binary
 from .generate import generate
-from .sampling import SamplingOptions
-from .shellcheck import bash_parse, shellcheck, shellcheck_binary
-from .tasks import Task, chance_level, has_command, reference_scores, relevance_rates
 
 
 def load_prompts(path: Path) -> list[str]:
@@ -203,7 +204,7 @@ def format_table(result: dict) -> str:
                   f"{_fmt(rel['chance']['on_task']):>13}",
                   f"  {'writes no command at all':<30} {_fmt(rel['raw']['no_command']):>8} "
                   f"{_fmt(rel['guarded']['no_command']):>8}",
-                  f"  (chance: {rel['chance']['from']}; tasks and their commands: bashgpt/inference/tasks.txt)"]
+                  f"  (chance: {rel['chance']['from']}; tasks and their commands: bashgpt/data/tasks.txt)"]
     if "nl2sh" in result:
         n = result["nl2sh"]
         lines += ["", f"NL2SH-ALFA ({n['tasks']} tasks, one guarded sample each; never run)",
@@ -232,3 +233,12 @@ def save_json(path: Path, result: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)
+
+
+def evaluate_nl2sh(model, tokenizer, tasks: list[Nl2shTask], sampling, seed: int = 0, progress: bool = True) -> dict:
+    """One guarded sample per task (the prompt's shape is bashgpt's), scored by ``nl2sh_scores``."""
+    completions = []
+    for i, task in enumerate(tqdm(tasks, desc="NL2SH-ALFA", unit="task", disable=not progress)):
+        completions.append(generate(model, tokenizer, task.prompt, sampling, num_samples=1, seed=seed + i,
+                                    guard=True)[0].completion)
+    return nl2sh_scores(completions, tasks)

@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from ..errors import UserError
-from .modelio import save_model_folder
+from ..model_folder import save_model_folder
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # GPT-2's GELU is the tanh approximation; both names Transformers gives it compute the same function

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import torch
 from transformers import TextStreamer
 
+from ..data.tasks import has_command
 from ..errors import UserError
+from ..sampling import SamplingOptions
+from ..shellcheck import bash_parse, shellcheck
 from . import engine
 from .packed_linear import linears_packed
-from .sampling import SamplingOptions
-from .shellcheck import bash_parse, shellcheck
 from .syntax_guard import LineChecker, guarded_generate
-from .tasks import has_command
 
 
 @dataclass

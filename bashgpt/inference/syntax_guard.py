@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from ..data.tasks import has_command
+from ..shellcheck import bash_parse
 from .engine import decode
-from .shellcheck import bash_parse
-from .tasks import has_command
 
 COMPLETE, UNFINISHED, BROKEN = "complete", "unfinished", "broken"
 OPEN_STRING = "open string"  # unfinished inside "...", `...` or ${...}: broken unless it was already open

@@ -36,7 +36,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def read_folder_config(folder: Path) -> BashGPTConfig:
     """The config of a bashgpt model folder; every way the folder can be wrong is checked first."""
-    from ..inference.modelio import check_model_folder
+    from ..model_folder import check_model_folder
 
     return BashGPTConfig.from_pretrained(str(check_model_folder(folder)))
 
@@ -155,7 +155,7 @@ def fit_to_model(state: dict, model: BashGPTForCausalLM) -> dict:
 
 def load_checkpoint_model(path: Path, config: BashGPTConfig, state: dict | None) -> BashGPTForCausalLM:
     if path.is_dir():
-        from ..inference.modelio import load_model
+        from ..model_folder import load_model
 
         return load_model(path)
     model = BashGPTForCausalLM(config)

@@ -10,7 +10,6 @@ process until it exits, which is what a training process wants anyway. A no-op e
 
 import ctypes
 import ctypes.util
-import resource
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -47,20 +46,3 @@ def return_freed_memory() -> bool:
     pieces: measured at tiny, batch 4 x 1024, 8-bit AdamW with checkpointing, peak RSS 2.20 GB with this,
     3.47 GB with glibc's default and 4.30 GB keeping everything on the heap. True when glibc accepted it."""
     return _mallopt((M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD))
-
-
-def peak_rss_bytes() -> int:
-    """This process's own peak resident memory, in bytes.
-
-    On Linux it reads VmHWM: ``ru_maxrss`` survives fork+exec, so a child started by a large
-    process (a test runner, a launcher) would report its parent's peak instead of its own.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024

@@ -28,12 +28,12 @@ from ..data.cache_dirs import packed_cache_dir
 from ..data.corpus import load_corpus, stream_corpus
 from ..data.packing import packed_splits, split_stats
 from ..data.streaming import streamed_splits
-from ..data.tokenization import default_tokenizer_dir, load_tokenizer
+from ..data.tokenization import default_tokenizer_dir
 from ..devices import choose_precision, resolve_device
 from ..errors import UserError
-from ..inference.modelio import save_model_folder
-from ..inference.sampling import default_generation_config
 from ..logs import LOGGER
+from ..model_folder import load_tokenizer, save_model_folder
+from ..sampling import default_generation_config
 from .callbacks import Advice, BestModelSaver, EarlyStop, EpochBoundary, JsonlLog, Throughput, TimeBudget
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .cpu_memory import keep_large_allocations_on_heap, return_freed_memory

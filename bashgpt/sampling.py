@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 
 from transformers import GenerationConfig
 
-from ..errors import UserError
+from .errors import UserError
 
 DEFAULTS = {"max_new_tokens": 256, "temperature": 0.8, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1}
 

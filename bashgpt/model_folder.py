@@ -10,7 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import UserError
+from transformers import AutoTokenizer
+
+from .errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -54,6 +56,16 @@ def save_model_folder(model, tokenizer, dest: str | Path, card: str | None = Non
             os.fsync(fh.fileno())
     atomic_replace_dir(tmp, dest)
     return dest
+
+
+def load_tokenizer(path: str | Path):
+    """Load a tokenizer folder, or raise a one-line error that says what to do."""
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise UserError(
+            f"no tokenizer in {path} (tokenizer.json missing); copy one there, e.g. from the repository's tokenizer/ folder"
+        )
+    return AutoTokenizer.from_pretrained(str(path))
 
 
 def read_model_type(path: Path):
@@ -108,7 +120,7 @@ def load_model(path: str | Path, dtype=None):
     """Load a bashgpt model folder (safetensors only); damaged weights are a clear error."""
     from safetensors import SafetensorError
 
-    from .. import BashGPTForCausalLM
+    from . import BashGPTForCausalLM
 
     path = check_model_folder(path)
     try:
@@ -121,8 +133,6 @@ def load_model(path: str | Path, dtype=None):
 
 def load_model_and_tokenizer(path: str | Path, dtype=None):
     """A model folder and the tokenizer saved beside it; checks they belong together."""
-    from ..data.tokenization import load_tokenizer
-
     path = check_model_folder(path)
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path} has no tokenizer (tokenizer.json); copy the tokenizer the model was trained with "

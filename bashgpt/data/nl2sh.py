@@ -118,16 +118,3 @@ def nl2sh_scores(completions: list[str], tasks: list[Nl2shTask]) -> dict:
                 chance_hits += bool(used[j] & set(task.utilities))
     return {"tasks": len(scored), "any_utility": round(any_hits / n, 3), "all_utilities": round(all_hits / n, 3),
             "chance_any": round(chance_hits / max(chance_pairs, 1), 3)}
-
-
-def evaluate_nl2sh(model, tokenizer, tasks: list[Nl2shTask], sampling, seed: int = 0, progress: bool = True) -> dict:
-    """One guarded sample per task (the prompt's shape is bashgpt's), scored by ``nl2sh_scores``."""
-    from tqdm.auto import tqdm
-
-    from .generate import generate
-
-    completions = []
-    for i, task in enumerate(tqdm(tasks, desc="NL2SH-ALFA", unit="task", disable=not progress)):
-        completions.append(generate(model, tokenizer, task.prompt, sampling, num_samples=1, seed=seed + i,
-                                    guard=True)[0].completion)
-    return nl2sh_scores(completions, tasks)
