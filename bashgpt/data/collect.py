@@ -155,20 +155,24 @@ def is_generated(relpath: str, text: str) -> bool:
     return bool(GENERATED_MARKERS.search("\n".join(text.splitlines()[:15])))
 
 
+def symlink_verdict(cand: Candidate) -> str:
+    """Why a symlink is skipped: broken, looping, pointing outside its source, or inside it (its target is read on
+    its own)."""
+    try:
+        target = cand.path.resolve(strict=True)
+    except FileNotFoundError:
+        return "symlink_broken"
+    except (RuntimeError, OSError) as err:
+        return "symlink_loop" if "loop" in str(err).lower() or getattr(err, "errno", 0) == 40 else "unreadable"
+    return "symlink_inside" if target.is_relative_to(cand.root.resolve()) else "symlink_outside"
+
+
 def read_candidate(cand: Candidate, max_bytes: int) -> tuple[Script | None, str | None]:
     """Read one file: (script, None) or (None, skip reason)."""
     path = cand.path
     try:
         if path.is_symlink():
-            try:
-                target = path.resolve(strict=True)
-            except FileNotFoundError:
-                return None, "symlink_broken"
-            except (RuntimeError, OSError) as err:
-                return None, "symlink_loop" if "loop" in str(err).lower() or getattr(err, "errno", 0) == 40 else "unreadable"
-            if not target.is_relative_to(cand.root.resolve()):
-                return None, "symlink_outside"
-            return None, "symlink_inside"  # the target is read on its own
+            return None, symlink_verdict(cand)
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
             return None, "not_shell"

@@ -119,12 +119,28 @@ ROFF_ESCAPES = [(r"\\f(\[[^\]]*\]|\(..|.)", ""), (r"\\\(aq", "'"), (r"\\\(dq", '
                 (r"\\\[[^\]]*\]", "")]
 CODE_ON, CODE_OFF = {".nf", ".EX"}, {".fi", ".EE"}
 BREAKS = {".PP", ".P", ".LP", ".TP", ".IP", ".sp", ".br", ".HP", ".TQ"}
+EMPHASIS = {".B", ".BI", ".BR", ".I", ".IR", ".RB"}
 
 
 def plain(text: str) -> str:
     for pattern, repl in ROFF_ESCAPES:
         text = re.sub(pattern, repl, text)
     return text
+
+
+def without_prompt(line: str) -> str:
+    """An example's command without the shell prompt ('$ ', '% ', '# ') it is shown with."""
+    return re.sub(r"^\s*[$%#] ", "", line)
+
+
+def add_emphasis(request: str, raw: str, para: list[str], code: list[str]) -> None:
+    """A bold or italic request's words: a command when a bold line stands on its own (.TP style), else words of
+    the paragraph."""
+    words = plain(raw.split(" ", 1)[1] if " " in raw else "").replace('"', "")
+    if request == ".B" and not para:
+        code.append(without_prompt(words))
+    else:
+        para.append(words)
 
 
 def roff_items(source: str) -> list[tuple[str, str]]:
@@ -158,21 +174,14 @@ def roff_items(source: str) -> list[tuple[str, str]]:
         elif request in BREAKS or request in (".RS", ".RE", ".in"):
             flush()
         elif in_code:
-            line = plain(raw[3:] if request in (".B", ".I") else raw)
-            code.append(re.sub(r"^\s*[$%#] ", "", line).rstrip())
-        elif request in (".B", ".BI", ".BR", ".I", ".IR", ".RB"):
-            words = plain(raw.split(" ", 1)[1] if " " in raw else "").replace('"', "")
-            if request == ".B" and para == []:
-                code.append(re.sub(r"^\s*[$%#] ", "", words))  # a bold line on its own is a command (.TP style)
-            else:
-                para.append(words)
+            code.append(without_prompt(plain(raw[3:] if request in (".B", ".I") else raw)).rstrip())
+        elif request in EMPHASIS:
+            add_emphasis(request, raw, para, code)
         elif raw.startswith("."):
             continue
-        elif re.match(r"^\\fB.*\\f[RP]\s*$", raw) and not para:
+        elif re.match(r"^\\fB.*\\f[RP]\s*$", raw) and not para:  # a line all bold: a command
             flush()
-            code.append(re.sub(r"^\s*[$%#] ", "", plain(raw)))
-            items.append(("code", "\n".join(code)))
-            code = []
+            items.append(("code", without_prompt(plain(raw))))
         else:
             para.append(plain(raw))
     flush()

@@ -34,6 +34,18 @@ class Task:
     reference: str | None = None
 
 
+def task_header(path: Path, number: int, text: str) -> tuple[str, tuple[str, ...]]:
+    """(name, commands) of a '=== NAME: CMD [CMD ...]' line, or one error naming the line."""
+    header = HEADER.match(text)
+    if not header:
+        raise TaskFileError(f"{path}:{number}: malformed task header {text!r}; write '=== NAME: CMD [CMD ...]'")
+    commands = tuple(header.group(2).split())
+    if not commands:
+        raise TaskFileError(f"{path}:{number}: task {header.group(1)!r} names no commands; list the commands a "
+                            f"script doing it would use after the colon")
+    return header.group(1), commands
+
+
 def load_tasks(path: Path = TASKS_FILE) -> list[Task]:
     """The tasks of ``path``; any malformed line is one error naming it."""
     try:
@@ -57,16 +69,9 @@ def load_tasks(path: Path = TASKS_FILE) -> list[Task]:
     for number, text in enumerate(lines, 1):
         if text.startswith(";;") or (current is None and not text.strip()):
             continue
-        header = HEADER.match(text)
         if text.startswith("==="):
-            if not header:
-                raise TaskFileError(f"{path}:{number}: malformed task header {text!r}; write '=== NAME: CMD [CMD ...]'")
-            commands = tuple(header.group(2).split())
-            if not commands:
-                raise TaskFileError(f"{path}:{number}: task {header.group(1)!r} names no commands; list the commands a "
-                                    f"script doing it would use after the colon")
             finish()
-            current = (header.group(1), commands, [], None, number)
+            current = (*task_header(path, number, text), [], None, number)
         elif current is None:
             raise TaskFileError(f"{path}:{number}: text before the first task header; start each task with "
                                 f"'=== NAME: CMD [CMD ...]' (notes go on lines starting ';;')")
