@@ -1,6 +1,8 @@
 """The package's shape: no import circles, and the model files stand alone (they are copied beside the weights)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,12 @@ def test_every_subpackage_is_packaged():
     declared = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     on_disk = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
     assert on_disk == declared
+
+
+def test_ruff_finds_nothing_and_no_function_is_too_complex():
+    """pyproject.toml's lint rules, McCabe complexity 15 among them, over the package, the tests, bench and recipes."""
+    root = PACKAGE.parent
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "bashgpt", "tests", "bench", "recipes"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+

@@ -29,7 +29,7 @@ from ..data.corpus import load_corpus, stream_corpus
 from ..data.packing import packed_splits, split_stats
 from ..data.streaming import streamed_splits
 from ..data.tokenization import default_tokenizer_dir
-from ..devices import choose_precision, resolve_device
+from ..devices import Precision, choose_precision, resolve_device
 from ..errors import UserError
 from ..logs import LOGGER
 from ..model_folder import load_tokenizer, save_model_folder
@@ -38,7 +38,7 @@ from .callbacks import Advice, BestModelSaver, EarlyStop, EpochBoundary, JsonlLo
 from .checkpoints import check_architecture, checkpoint_config, load_checkpoint_model, preset_of, resolve_checkpoint
 from .cpu_memory import keep_large_allocations_on_heap, return_freed_memory
 from .estimate import estimate, fit_advice
-from .levers import apply_to_model, optimizer_cls_and_kwargs
+from .levers import Levers, apply_to_model, optimizer_cls_and_kwargs
 from .memory_plan import default_budget, levers_for_run
 from .options import LOSS_TARGETS, SAVE_TOTAL_LIMIT, TrainOptions
 from .progress import ProgressLine
@@ -256,17 +256,51 @@ def training_arguments(opts: TrainOptions, out: Path, device: str, precision, ma
     )
 
 
-def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
-    """Train one stage end to end; returns a summary (paths, losses, steps, skipped updates)."""
-    logs.set_quiet(opts.quiet)
-    validate(opts)
-    config, preset, ckpt_path, legacy_state = plan_model(opts)
-    tokenizer = choose_tokenizer(opts, ckpt_path)
-    if ckpt_path is None:  # a new model's vocabulary is its tokenizer's (the shipped one: the presets' 32,000)
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Every choice of a run, settled before any work (every refusal comes while making it): the options filled
+    from the guide, the model's config, the tokenizer, the device, the precision and the memory levers."""
+
+    opts: TrainOptions
+    config: BashGPTConfig
+    preset: str
+    checkpoint: Path | None
+    legacy_state: dict | None
+    tokenizer: object
+    device: str
+    levers: Levers
+    lever_plan: str | None  # what --memory-budget chose, to be said
+    budgeted: bool
+    precision: Precision
+    report_to: list[str]
+    hub_repo: str
+
+    @property
+    def out(self) -> Path:
+        return Path(self.opts.output_dir)
+
+    @property
+    def max_steps(self) -> int:
+        return self.opts.num_epochs * self.opts.steps_per_epoch
+
+
+def fit_vocabulary(config: BashGPTConfig, tokenizer, checkpoint: Path | None) -> None:
+    """A new model takes its tokenizer's vocabulary (the shipped one: the presets' 32,000); a checkpoint's must
+    hold the tokenizer's."""
+    if checkpoint is None:
         config.vocab_size = padded_vocab_size(len(tokenizer))
     elif len(tokenizer) > config.vocab_size:
         raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}; "
                         f"use the tokenizer the checkpoint was trained with (--tokenizer)")
+
+
+def plan_run(opts: TrainOptions) -> RunPlan:
+    """Resolve the options into a RunPlan; ``opts`` gets the guide's defaults and the chosen levers (run.json
+    records them)."""
+    validate(opts)
+    config, preset, checkpoint, legacy_state = plan_model(opts)
+    tokenizer = choose_tokenizer(opts, checkpoint)
+    fit_vocabulary(config, tokenizer, checkpoint)
     opts.fill_defaults(preset)
     validate(opts)
     out = Path(opts.output_dir)
@@ -277,162 +311,234 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     device = resolve_device(opts.device)
     check_fsdp(opts, device)
     recorded = json.loads((out / "run.json").read_text()) if opts.resume and (out / "run.json").is_file() else None
-    levers, plan_text = levers_for_run(opts, preset, config, device, recorded)  # before any work: may refuse
-    budgeted = bool(opts.memory_budget) or default_budget(device) is not None
+    levers, lever_plan = levers_for_run(opts, preset, config, device, recorded)  # may refuse
     precision = choose_precision(device, opts.use_amp)
     if levers.kind.bf16_weights and not precision.bf16:
         precision.note = f"bf16 weights and optimizer state ({levers.optim})"
-    max_steps = opts.num_epochs * opts.steps_per_epoch
-    if opts.resume and (done := finished_at(out, max_steps)) is not None:
-        return already_complete(opts, out, done, max_steps)
-    args = training_arguments(opts, out, device, precision, max_steps, report_to)
-    run = Run(out, is_main=args.process_index == 0)
-    with run:  # its messages also go to OUTPUT/train.log until it ends, however it ends
-        # One process checks, cleans and claims the folder; the others wait, then only look up the checkpoint.
-        with args.main_process_first(desc="preparing the output folder"):
-            if run.is_main:
-                resume_from = prepare_output_dir(opts)
-                (out / "run.json").write_text(json.dumps(dataclasses.asdict(opts), indent=2) + "\n")
-                if resume_from:
-                    truncate_log(out / "log.jsonl", int(Path(resume_from).name.split("-")[-1]))
-            else:
-                resume_from = last_checkpoint(out) if opts.resume else None
+    return RunPlan(opts, config, preset, checkpoint, legacy_state, tokenizer, device, levers, lever_plan,
+                   budgeted=bool(opts.memory_budget) or default_budget(device) is not None, precision=precision,
+                   report_to=report_to, hub_repo=hub_repo)
 
-        with args.main_process_first(desc="tokenising"):
-            train_ds, eval_ds, stats = training_data(opts, tokenizer, progress=run.is_main and opts.progress
-                                                     and not opts.quiet)
 
-        if ckpt_path is not None:
-            model = load_checkpoint_model(ckpt_path, config, legacy_state)
-        else:
-            config.eos_token_id, config.pad_token_id, config.bos_token_id = (
-                tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id)
-            if opts.seq_len > config.max_position_embeddings and config.position_embedding_type == "learned":
-                raise UserError(f"--seq-len {opts.seq_len} is longer than the model's {config.max_position_embeddings} "
-                                f"positions; lower --seq-len")
-            torch.manual_seed(opts.seed)
-            model = BashGPTForCausalLM(config)
-        if model.generation_config.do_sample is None:  # new, or saved before bashgpt wrote its sampling defaults
-            model.generation_config = default_generation_config(tokenizer)  # saved as generation_config.json
-        apply_to_model(model, levers)  # storage dtype (bf16 for adamw-bf16) and the training attention
-        if budgeted:
-            return_freed_memory()  # CPU under a budget: the peak is what is alive at once (cpu_memory.py)
-        else:
-            keep_large_allocations_on_heap()  # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py)
-        n_params = sum(p.numel() for p in model.parameters())
-        world = args.world_size
-        effective_batch = opts.batch_size * opts.gradient_accumulation_steps * world
-        run.say(f"stage {opts.stage}: {preset} preset, {n_params / 1e6:.1f}M parameters "
-                f"({config.norm_type}, {config.position_embedding_type} positions) on {device} ({precision.note})")
-        run.say(f"{world} process{'es' if world > 1 else ''} took part ({args.parallel_mode.name}); effective batch "
-                f"{effective_batch} x {opts.seq_len} tokens; {opts.num_epochs} epochs x {opts.steps_per_epoch} steps")
-        train_text = (f"{stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M tokens"
-                      if stats["train"]["sequences"] is not None else "streamed")
-        run.say(f"data {opts.dataset}: train {train_text}, validation {stats['validation']['sequences']:,} / "
-                f"{stats['validation']['tokens'] / 1e6:.2f}M (evaluating on {len(eval_ds)} sequences)")
-
-        if run.is_main:
-            if plan_text:
-                for line in plan_text.splitlines():
-                    run.say(line)
-            plan = estimate(preset, opts.batch_size, opts.seq_len, levers, opts.gradient_accumulation_steps,
-                            device=device, config=config, budgeted=budgeted)
-            run.say(f"estimate: {plan.total / 2**30:.2f} GB (weights {plan.parts['weights'] / 2**30:.2f}, optimizer "
-                    f"{plan.parts['optimizer'] / 2**30:.2f}, activations {plan.parts['activations'] / 2**30:.2f}), "
-                    f"about {plan.seconds_per_step:.2f} s per step, " +
-                    (f"training for {opts.time_budget:.3g} minutes (--time-budget)" if opts.time_budget else
-                     f"{plan.seconds_per_step * max_steps / 3600:.2f} h in all"))
-            warning = fit_advice(plan)
-            if warning:
-                run.warn(f"warning: {warning}")
-
-        ledger = SkipLedger(max_fraction=opts.max_skip_fraction, max_consecutive=opts.max_consecutive_skips)
-        best_dir = out / "best"
-        card_info = {
-            "preset": preset, "stage": opts.stage, "parameters": n_params, "dataset": opts.dataset,
-            "architecture": f"{config.norm_type}, {config.position_embedding_type} positions",
-            "train_sequences": stats["train"]["sequences"], "train_tokens": stats["train"]["tokens"],
-            "validation_tokens": stats["validation"]["tokens"], "max_steps": max_steps,
-            "effective_batch": effective_batch, "seq_len": opts.seq_len, "path": str(best_dir),
-            "from_checkpoint": str(ckpt_path) if ckpt_path else None,
-        }
-        advice = Advice(ledger, run.warn, early_stopping=bool(opts.early_stopping))
-        lineage = training_lineage(opts, ckpt_path)
-
-        pusher = HubPusher(hub_repo, opts.hub_private, opts.hub_strategy) if opts.push_to_hub and run.is_main else None
-
-        def save_best(model_to_save, state):
-            """Called on every process: gathering a sharded (--fsdp) model's weights takes them all."""
-            weights = full_state_dict(model_to_save)  # None unless sharded
-            if not run.is_main:
-                return
-            loss = advice.eval_losses[-1] if advice.eval_losses else float("nan")
-            info = dict(card_info, step=state.global_step, eval_loss=loss,
-                        train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
-            records = {"bashgpt_best.json": json.dumps({"step": state.global_step, "eval_loss": loss}),
-                       "bashgpt_training.json": json.dumps(lineage, indent=2) + "\n"}
-            save_model_folder(model_to_save, tokenizer, best_dir, card=model_card(info), state_dict=weights,
-                              records=records)  # best/ appears with its records or not at all
-            run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}", console=False)
-            if pusher:
-                pusher.on_new_best(best_dir, state.global_step)
-
-        best_loss = math.inf  # a checkpoint sealed before the saver's state was sealed too: best/'s own record
-        if resume_from and (best_dir / "bashgpt_best.json").is_file():
-            best_loss = json.loads((best_dir / "bashgpt_best.json").read_text())["eval_loss"]
-        tokens_per_step = effective_batch * opts.seq_len
-        saver = BestModelSaver(save_best, best_loss)
-        budget = TimeBudget(opts.time_budget * 60, opts.warmup_steps) if opts.time_budget else None
-        throughput = Throughput(tokens_per_step)
-        live = opts.progress and not opts.quiet
-        progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, throughput, run.say, live, run.is_main, saver,
-                                budget)  # before the saver in the list: it asks, then the saver updates
-        early = [EarlyStop(opts.early_stopping, saver, run.say)] if opts.early_stopping else []
-        # sealed into every checkpoint together, so the best loss and early stopping's patience resume as one
-        stateful = {"time_budget": budget, "early_stopping": early[0] if early else None, "skip_ledger": ledger,
-                    "best_model": saver}
-        stateful = {name: part for name, part in stateful.items() if part is not None}
+def claim_output_dir(plan: RunPlan, args: TrainingArguments, run: "Run") -> str | None:
+    """The run folder's protocol: one process checks, cleans and claims the folder (run.json, the log cut back to
+    the checkpoint resumed from); the others wait, then only look up the checkpoint. Returns that checkpoint."""
+    with args.main_process_first(desc="preparing the output folder"):
+        if not run.is_main:
+            return last_checkpoint(plan.out) if plan.opts.resume else None
+        resume_from = prepare_output_dir(plan.opts)
+        (plan.out / "run.json").write_text(json.dumps(dataclasses.asdict(plan.opts), indent=2) + "\n")
         if resume_from:
-            restore_states(Path(resume_from), stateful)
-        callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch), CheckpointSeal(stateful),
-                     throughput, JsonlLog(out / "log.jsonl", throughput, opts.steps_per_epoch, device, ledger, run.is_main),
-                     progress, advice, *early, saver, *extra_callbacks]  # early asks the saver before it updates
-        stopper = GracefulStop(run.say)
-        trainer = SafeTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                              data_collator=default_data_collator, processing_class=tokenizer,
-                              callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger,
-                              optimizer_cls_and_kwargs=None if levers.optim == "adamw" else
-                              optimizer_cls_and_kwargs(levers.optim, opts.learning_rate, device),
-                              lr_factor=budget.lr_factor if budget else None)
-        progress.replace_trainers_printing(trainer)
-        train_guarded(trainer, stopper, resume_from, out)
+            truncate_log(plan.out / "log.jsonl", int(Path(resume_from).name.split("-")[-1]))
+        return resume_from
 
-        if not ledger.abort_reason and not saver.saved_once and not (best_dir / "config.json").is_file():
-            run.warn("warning: no finite validation loss was measured; saving the final model as best/")
-            save_best(trainer.model, trainer.state)
-        if run.is_main:
-            plot_training_curves(out / "log.jsonl", out / "training_curves.png",
-                                 f"bashgpt {preset}, stage {opts.stage}")
-        summary = {"output_dir": str(out), "best": str(best_dir), "step": trainer.state.global_step,
-                   "max_steps": max_steps, "skipped_steps": ledger.skipped_total, "world_size": world,
-                   "eval_losses": advice.eval_losses, "train_loss": advice.train_losses[-1] if advice.train_losses else None,
-                   "curves": str(out / "training_curves.png")}
-        if stopper.signal_name:
-            raise Interrupted(f"stopped by {stopper.signal_name} at step {trainer.state.global_step}; a resumable "
-                              f"checkpoint is in {last_checkpoint_text(out)}; continue with: {resume_command()}",
-                              stopper.exit_code())
-        if ledger.abort_reason:
-            raise UserError(f"training stopped: {ledger.abort_reason}. {NAN_ADVICE}. "
-                            f"The last good model is in {best_dir}; checkpoints in {out / 'checkpoints'}")
+
+def new_model(plan: RunPlan) -> BashGPTForCausalLM:
+    config, tokenizer, opts = plan.config, plan.tokenizer, plan.opts
+    config.eos_token_id, config.pad_token_id, config.bos_token_id = (
+        tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    if opts.seq_len > config.max_position_embeddings and config.position_embedding_type == "learned":
+        raise UserError(f"--seq-len {opts.seq_len} is longer than the model's {config.max_position_embeddings} "
+                        f"positions; lower --seq-len")
+    torch.manual_seed(opts.seed)
+    return BashGPTForCausalLM(config)
+
+
+def build_model(plan: RunPlan) -> BashGPTForCausalLM:
+    """The model to train, from the checkpoint or new, in the levers' dtype and attention."""
+    if plan.checkpoint is not None:
+        model = load_checkpoint_model(plan.checkpoint, plan.config, plan.legacy_state)
+    else:
+        model = new_model(plan)
+    if model.generation_config.do_sample is None:  # new, or saved before bashgpt wrote its sampling defaults
+        model.generation_config = default_generation_config(plan.tokenizer)  # saved as generation_config.json
+    apply_to_model(model, plan.levers)  # storage dtype (bf16 for adamw-bf16) and the training attention
+    if plan.budgeted:
+        return_freed_memory()  # CPU under a budget: the peak is what is alive at once (cpu_memory.py)
+    else:
+        keep_large_allocations_on_heap()  # CPU: reuse big buffers instead of page-faulting them in (cpu_memory.py)
+    return model
+
+
+def announce(run: "Run", plan: RunPlan, model, args: TrainingArguments, stats: dict, eval_blocks: int) -> None:
+    """What the run is about to do: the model, the processes, the data, the memory plan and the estimate."""
+    opts, config = plan.opts, plan.config
+    n_params = sum(p.numel() for p in model.parameters())
+    world = args.world_size
+    run.say(f"stage {opts.stage}: {plan.preset} preset, {n_params / 1e6:.1f}M parameters "
+            f"({config.norm_type}, {config.position_embedding_type} positions) on {plan.device} ({plan.precision.note})")
+    run.say(f"{world} process{'es' if world > 1 else ''} took part ({args.parallel_mode.name}); effective batch "
+            f"{effective_batch(opts, world)} x {opts.seq_len} tokens; {opts.num_epochs} epochs x "
+            f"{opts.steps_per_epoch} steps")
+    train_text = (f"{stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M tokens"
+                  if stats["train"]["sequences"] is not None else "streamed")
+    run.say(f"data {opts.dataset}: train {train_text}, validation {stats['validation']['sequences']:,} / "
+            f"{stats['validation']['tokens'] / 1e6:.2f}M (evaluating on {eval_blocks} sequences)")
+    if not run.is_main:
+        return
+    for line in (plan.lever_plan or "").splitlines():
+        run.say(line)
+    e = estimate(plan.preset, opts.batch_size, opts.seq_len, plan.levers, opts.gradient_accumulation_steps,
+                 device=plan.device, config=config, budgeted=plan.budgeted)
+    run.say(f"estimate: {e.total / 2**30:.2f} GB (weights {e.parts['weights'] / 2**30:.2f}, optimizer "
+            f"{e.parts['optimizer'] / 2**30:.2f}, activations {e.parts['activations'] / 2**30:.2f}), "
+            f"about {e.seconds_per_step:.2f} s per step, " +
+            (f"training for {opts.time_budget:.3g} minutes (--time-budget)" if opts.time_budget else
+             f"{e.seconds_per_step * plan.max_steps / 3600:.2f} h in all"))
+    if warning := fit_advice(e):
+        run.warn(f"warning: {warning}")
+
+
+def effective_batch(opts: TrainOptions, world: int) -> int:
+    return opts.batch_size * opts.gradient_accumulation_steps * world
+
+
+@dataclasses.dataclass
+class Watchers:
+    """What looks after a run beside Trainer, and what ``finish`` asks of it afterwards."""
+
+    ledger: SkipLedger
+    advice: Advice
+    saver: BestModelSaver
+    stopper: GracefulStop
+    pusher: HubPusher | None
+    save_best: object  # callable(model, state)
+
+
+def best_saver(plan: RunPlan, run: "Run", advice: Advice, card_info: dict, pusher: HubPusher | None):
+    """save_best(model, state): best/ as a whole model folder with its records. Called on every process: gathering
+    a sharded (--fsdp) model's weights takes them all."""
+    best_dir, lineage = plan.out / "best", training_lineage(plan.opts, plan.checkpoint)
+
+    def save_best(model_to_save, state):
+        weights = full_state_dict(model_to_save)  # None unless sharded
+        if not run.is_main:
+            return
+        loss = advice.eval_losses[-1] if advice.eval_losses else float("nan")
+        info = dict(card_info, step=state.global_step, eval_loss=loss,
+                    train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
+        records = {"bashgpt_best.json": json.dumps({"step": state.global_step, "eval_loss": loss}),
+                   "bashgpt_training.json": json.dumps(lineage, indent=2) + "\n"}
+        save_model_folder(model_to_save, plan.tokenizer, best_dir, card=model_card(info), state_dict=weights,
+                          records=records)  # best/ appears with its records or not at all
+        run.say(f"new best validation loss {loss:.4f} at step {state.global_step}: saved {best_dir}", console=False)
         if pusher:
-            try:
-                run.say(f"pushed {best_dir} to {pusher.finish(best_dir, trainer.state.global_step)}")
-            except Exception as err:  # the network or the Hub failed after training: the model is safe on disk
-                raise UserError(f"pushing to the Hub failed ({type(err).__name__}: {err}); {best_dir} is complete: upload "
-                                f"it later with `hf upload {hub_repo} {best_dir}`") from None
-        for line in closing_lines(opts.stage, preset, advice.eval_losses, summary):
-            run.say(line)
-        return summary
+            pusher.on_new_best(best_dir, state.global_step)
+
+    return save_best
+
+
+def card_facts(plan: RunPlan, model, stats: dict, world: int) -> dict:
+    """What the model card says of the run, besides the step and the losses."""
+    opts, config = plan.opts, plan.config
+    return {"preset": plan.preset, "stage": opts.stage, "parameters": sum(p.numel() for p in model.parameters()),
+            "dataset": opts.dataset, "architecture": f"{config.norm_type}, {config.position_embedding_type} positions",
+            "train_sequences": stats["train"]["sequences"], "train_tokens": stats["train"]["tokens"],
+            "validation_tokens": stats["validation"]["tokens"], "max_steps": plan.max_steps,
+            "effective_batch": effective_batch(opts, world), "seq_len": opts.seq_len,
+            "path": str(plan.out / "best"), "from_checkpoint": str(plan.checkpoint) if plan.checkpoint else None}
+
+
+def first_best_loss(plan: RunPlan, resume_from: str | None) -> float:
+    """The best loss so far; a checkpoint's seal overrides it (restore_states). A checkpoint sealed before the
+    saver's state was sealed too resumes from best/'s own record."""
+    record = plan.out / "best" / "bashgpt_best.json"
+    return json.loads(record.read_text())["eval_loss"] if resume_from and record.is_file() else math.inf
+
+
+def build_trainer(plan: RunPlan, run: "Run", model, args: TrainingArguments, train_ds, eval_ds, stats: dict,
+                  resume_from: str | None, extra_callbacks=()) -> tuple[SafeTrainer, Watchers]:
+    """Trainer with bashgpt's callbacks, their states restored when resuming."""
+    opts = plan.opts
+    ledger = SkipLedger(max_fraction=opts.max_skip_fraction, max_consecutive=opts.max_consecutive_skips)
+    advice = Advice(ledger, run.warn, early_stopping=bool(opts.early_stopping))
+    pusher = HubPusher(plan.hub_repo, opts.hub_private, opts.hub_strategy) if opts.push_to_hub and run.is_main else None
+    save_best = best_saver(plan, run, advice, card_facts(plan, model, stats, args.world_size), pusher)
+    saver = BestModelSaver(save_best, first_best_loss(plan, resume_from))
+    budget = TimeBudget(opts.time_budget * 60, opts.warmup_steps) if opts.time_budget else None
+    throughput = Throughput(effective_batch(opts, args.world_size) * opts.seq_len)
+    progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, throughput, run.say,
+                            opts.progress and not opts.quiet, run.is_main, saver, budget)
+    # before the saver in the list: it asks, then the saver updates
+    early = [EarlyStop(opts.early_stopping, saver, run.say)] if opts.early_stopping else []
+    # sealed into every checkpoint together, so the best loss and early stopping's patience resume as one
+    stateful = {"time_budget": budget, "early_stopping": early[0] if early else None, "skip_ledger": ledger,
+                "best_model": saver}
+    stateful = {name: part for name, part in stateful.items() if part is not None}
+    if resume_from:
+        restore_states(Path(resume_from), stateful)
+    callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch), CheckpointSeal(stateful),
+                 throughput, JsonlLog(plan.out / "log.jsonl", throughput, opts.steps_per_epoch, plan.device, ledger,
+                                      run.is_main),
+                 progress, advice, *early, saver, *extra_callbacks]  # early asks the saver before it updates
+    stopper = GracefulStop(run.say)
+    trainer = SafeTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          data_collator=default_data_collator, processing_class=plan.tokenizer,
+                          callbacks=[*callbacks, stopper], loss_clamp=opts.loss_clamp, skip_ledger=ledger,
+                          optimizer_cls_and_kwargs=None if plan.levers.optim == "adamw" else
+                          optimizer_cls_and_kwargs(plan.levers.optim, opts.learning_rate, plan.device),
+                          lr_factor=budget.lr_factor if budget else None)
+    progress.replace_trainers_printing(trainer)
+    return trainer, Watchers(ledger, advice, saver, stopper, pusher, save_best)
+
+
+def finish(plan: RunPlan, run: "Run", trainer: SafeTrainer, w: Watchers) -> dict:
+    """After training: best/ if no validation ever gave one, the plot, the summary; an interrupted, aborted or
+    unpushed run is its one-line error."""
+    best_dir = plan.out / "best"
+    if not w.ledger.abort_reason and not w.saver.saved_once and not (best_dir / "config.json").is_file():
+        run.warn("warning: no finite validation loss was measured; saving the final model as best/")
+        w.save_best(trainer.model, trainer.state)
+    if run.is_main:
+        plot_training_curves(plan.out / "log.jsonl", plan.out / "training_curves.png",
+                             f"bashgpt {plan.preset}, stage {plan.opts.stage}")
+    step = trainer.state.global_step
+    summary = {"output_dir": str(plan.out), "best": str(best_dir), "step": step, "max_steps": plan.max_steps,
+               "skipped_steps": w.ledger.skipped_total, "world_size": trainer.args.world_size,
+               "eval_losses": w.advice.eval_losses,
+               "train_loss": w.advice.train_losses[-1] if w.advice.train_losses else None,
+               "curves": str(plan.out / "training_curves.png")}
+    if w.stopper.signal_name:
+        raise Interrupted(f"stopped by {w.stopper.signal_name} at step {step}; a resumable checkpoint is in "
+                          f"{last_checkpoint_text(plan.out)}; continue with: {resume_command()}", w.stopper.exit_code())
+    if w.ledger.abort_reason:
+        raise UserError(f"training stopped: {w.ledger.abort_reason}. {NAN_ADVICE}. "
+                        f"The last good model is in {best_dir}; checkpoints in {plan.out / 'checkpoints'}")
+    if w.pusher:
+        push_best(w.pusher, best_dir, step, plan.hub_repo, run)
+    for line in closing_lines(plan.opts.stage, plan.preset, w.advice.eval_losses, summary):
+        run.say(line)
+    return summary
+
+
+def push_best(pusher: HubPusher, best_dir: Path, step: int, hub_repo: str, run: "Run") -> None:
+    try:
+        run.say(f"pushed {best_dir} to {pusher.finish(best_dir, step)}")
+    except Exception as err:  # the network or the Hub failed after training: the model is safe on disk
+        raise UserError(f"pushing to the Hub failed ({type(err).__name__}: {err}); {best_dir} is complete: upload "
+                        f"it later with `hf upload {hub_repo} {best_dir}`") from None
+
+
+def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
+    """Train one stage end to end; returns a summary (paths, losses, steps, skipped updates): settle every choice,
+    claim the folder, make the data and the model, train, finish."""
+    logs.set_quiet(opts.quiet)
+    plan = plan_run(opts)
+    if opts.resume and (done := finished_at(plan.out, plan.max_steps)) is not None:
+        return already_complete(opts, plan.out, done, plan.max_steps)
+    args = training_arguments(opts, plan.out, plan.device, plan.precision, plan.max_steps, plan.report_to)
+    run = Run(plan.out, is_main=args.process_index == 0)
+    with run:  # its messages also go to OUTPUT/train.log until it ends, however it ends
+        resume_from = claim_output_dir(plan, args, run)
+        with args.main_process_first(desc="tokenising"):
+            train_ds, eval_ds, stats = training_data(opts, plan.tokenizer, progress=run.is_main and opts.progress
+                                                     and not opts.quiet)
+        model = build_model(plan)
+        announce(run, plan, model, args, stats, len(eval_ds))
+        trainer, watchers = build_trainer(plan, run, model, args, train_ds, eval_ds, stats, resume_from,
+                                          extra_callbacks)
+        train_guarded(trainer, watchers.stopper, resume_from, plan.out)
+        return finish(plan, run, trainer, watchers)
 
 
 def training_data(opts: TrainOptions, tokenizer, progress: bool):
