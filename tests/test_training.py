@@ -444,16 +444,49 @@ def test_early_stopping_stops_after_n_validations_without_a_new_best(tmp_path, m
     assert json.loads((Path(summary["best"]) / "bashgpt_best.json").read_text())["step"] == 1
     assert "stopping early at step 3: 2 validations without a new best" in capsys.readouterr().err
 
-    said, saver = [], BestModelSaver(lambda model, state: None)
+    said, saver = [], BestModelSaver(lambda model, state, loss: None)
     stop = EarlyStop(3, saver, said.append)
     monkeypatch.undo()
     state, control = type("S", (), {"global_step": 0})(), type("C", (), {"should_training_stop": False})()
-    for loss in (3.0, 2.9, 3.1, 2.8, 3.2, 3.0):  # a new best (2.8) resets the count
-        stop.on_evaluate(None, state, control, metrics={"eval_loss": loss})
-        saver.on_evaluate(None, state, control, metrics={"eval_loss": loss})
-    assert not control.should_training_stop
+    for step, loss in enumerate((3.0, 2.9, 3.1, 2.8, 3.2, 3.0), 1):  # a new best (2.8) resets the count
+        state.global_step = step
+        for callback in (saver, stop) if step % 2 else (stop, saver):  # the saver first or last: the same count
+            callback.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+    assert not control.should_training_stop and stop.without_best == 2 and saver.best_loss == 2.8
+    state.global_step = 7
     stop.on_evaluate(None, state, control, metrics={"eval_loss": 3.3})
     assert control.should_training_stop and said
+
+
+def test_the_callbacks_give_the_same_run_in_any_order(tmp_path, monkeypatch, capsys):
+    """bashgpt's callbacks reversed (the best-model saver now first, the progress line and early stopping after it):
+    the same steps, validations, console lines, best/ and log as in the usual order."""
+    from bashgpt.training import train as train_module
+
+    early = dict(num_epochs=1, steps_per_epoch=8, eval_steps=1, early_stopping=1, learning_rate=3e-3)
+    usual = run_training(options(tmp_path, output_dir=str(tmp_path / "usual"), **early))
+    usual_said = capsys.readouterr().err
+
+    class Reversed(train_module.SafeTrainer):
+        def __init__(self, *args, callbacks=(), **kwargs):
+            super().__init__(*args, callbacks=list(reversed(callbacks)), **kwargs)
+
+    monkeypatch.setattr(train_module, "SafeTrainer", Reversed)
+    reversed_run = run_training(options(tmp_path, output_dir=str(tmp_path / "reversed"), **early))
+    reversed_said = capsys.readouterr().err
+    assert reversed_run["step"] == usual["step"] and reversed_run["eval_losses"] == usual["eval_losses"]
+
+    def lines(said):
+        return [re.sub(r"/tmp\S*", "", line) for line in said.splitlines() if "validation loss" in line or "stopping" in line]
+
+    assert sorted(lines(reversed_said)) == sorted(lines(usual_said)) and "best so far" in usual_said  # said in any order
+    assert [json.loads((tmp_path / run / "best" / "bashgpt_best.json").read_text()) for run in ("usual", "reversed")] \
+        == [json.loads((tmp_path / "usual" / "best" / "bashgpt_best.json").read_text())] * 2
+    timing = ("tokens_per_s", "peak_memory_gb", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
+              "train_runtime", "train_samples_per_second", "train_steps_per_second")
+    logs = [[{k: v for k, v in json.loads(line).items() if k not in timing}
+             for line in (tmp_path / run / "log.jsonl").read_text().splitlines()] for run in ("usual", "reversed")]
+    assert logs[0] == logs[1]
 
 
 @pytest.mark.parametrize("live", [True, False])

@@ -117,12 +117,16 @@ class JsonlLog(TrainerCallback):
 
 
 class BestModelSaver(TrainerCallback):
-    """Keep ``OUTPUT/best/`` as a complete model folder of the lowest validation loss so far."""
+    """Keep ``OUTPUT/best/`` as a complete model folder of the lowest validation loss so far.
+
+    Whether a validation brought a new best is decided once (``verdict``), against the best before it, by whichever
+    callback asks first (the progress line, early stopping, this one), so the callbacks may run in any order."""
 
     def __init__(self, save, best_loss: float = math.inf):
-        self.save = save  # callable(model, state), called on every process (the main one writes)
+        self.save = save  # callable(model, state, loss), called on every process (the main one writes)
         self.best_loss = best_loss
         self.saved_once = False
+        self.decided = (None, False)  # (step, whether its validation was a new best)
 
     def state_dict(self) -> dict:
         return {"best_loss": None if math.isinf(self.best_loss) else self.best_loss, "saved_once": self.saved_once}
@@ -134,11 +138,19 @@ class BestModelSaver(TrainerCallback):
     def improves(self, loss: float | None) -> bool:
         return loss is not None and math.isfinite(loss) and loss < self.best_loss
 
+    def verdict(self, step: int, loss: float | None) -> bool:
+        """Whether the validation at ``step`` is a new best (the best loss moves to it at once)."""
+        if self.decided[0] != step:
+            better = self.improves(loss)
+            self.decided = (step, better)
+            if better:
+                self.best_loss = loss
+        return self.decided[1]
+
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
-        if self.improves(loss):
-            self.best_loss = loss
-            self.save(model, state)
+        if loss is not None and self.verdict(state.global_step, loss):
+            self.save(model, state, loss)
             self.saved_once = True
 
 
@@ -160,7 +172,7 @@ class EarlyStop(TrainerCallback):
         loss = (metrics or {}).get("eval_loss")
         if loss is None:
             return
-        self.without_best = 0 if self.saver.improves(loss) else self.without_best + 1
+        self.without_best = 0 if self.saver.verdict(state.global_step, loss) else self.without_best + 1
         if self.without_best >= self.patience:
             control.should_training_stop = True
             self.say(f"stopping early at step {state.global_step}: {self.without_best} validations without a new "

@@ -44,7 +44,7 @@ class ProgressLine(ProgressCallback):
         self.say = say
         self.live = live
         self.is_main = is_main
-        self.best = best  # the BestModelSaver, asked (before it updates) whether a loss is a new best
+        self.best = best  # the BestModelSaver, asked whether a validation is a new best
         self.budget = budget  # a TimeBudget: the run ends at its deadline or at max_steps, whichever comes first
         self.start = (0.0, 0)  # (time, step) when this process began training: the ETA excludes resumed steps
         self.hf_bars_were_on = True
@@ -126,7 +126,7 @@ class ProgressLine(ProgressCallback):
         line = f"step {step}/{max_steps}, {where}: validation loss {loss:.3f}"
         if math.isfinite(loss):
             line += f" (perplexity {math.exp(min(loss, 50)):.1f})"
-        if self.best is not None and self.best.improves(loss):
+        if self.best is not None and self.best.verdict(step, loss):
             line += ", best so far"
         return line
 

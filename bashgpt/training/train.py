@@ -405,18 +405,21 @@ class Watchers:
     save_best: object  # callable(model, state)
 
 
-def best_saver(plan: RunPlan, run: "Run", advice: Advice, card_info: dict, pusher: HubPusher | None):
-    """save_best(model, state): best/ as a whole model folder with its records. Called on every process: gathering
-    a sharded (--fsdp) model's weights takes them all."""
+def last_train_loss(state) -> float:
+    """The last training loss Trainer logged (its own record, whatever the callbacks' order)."""
+    return next((r["loss"] for r in reversed(state.log_history) if "loss" in r), float("nan"))
+
+
+def best_saver(plan: RunPlan, run: "Run", card_info: dict, pusher: HubPusher | None):
+    """save_best(model, state, loss): best/ as a whole model folder with its records. Called on every process:
+    gathering a sharded (--fsdp) model's weights takes them all."""
     best_dir, lineage = plan.out / "best", training_lineage(plan.opts, plan.checkpoint)
 
-    def save_best(model_to_save, state):
+    def save_best(model_to_save, state, loss: float):
         weights = full_state_dict(model_to_save)  # None unless sharded
         if not run.is_main:
             return
-        loss = advice.eval_losses[-1] if advice.eval_losses else float("nan")
-        info = dict(card_info, step=state.global_step, eval_loss=loss,
-                    train_loss=advice.train_losses[-1] if advice.train_losses else float("nan"))
+        info = dict(card_info, step=state.global_step, eval_loss=loss, train_loss=last_train_loss(state))
         records = {"bashgpt_best.json": json.dumps({"step": state.global_step, "eval_loss": loss}),
                    "bashgpt_training.json": json.dumps(lineage, indent=2) + "\n"}
         save_model_folder(model_to_save, plan.tokenizer, best_dir, card=model_card(info), state_dict=weights,
@@ -453,13 +456,12 @@ def build_trainer(plan: RunPlan, run: "Run", model, args: TrainingArguments, tra
     ledger = SkipLedger(max_fraction=opts.max_skip_fraction, max_consecutive=opts.max_consecutive_skips)
     advice = Advice(ledger, run.warn, early_stopping=bool(opts.early_stopping))
     pusher = HubPusher(plan.hub_repo, opts.hub_private, opts.hub_strategy) if opts.push_to_hub and run.is_main else None
-    save_best = best_saver(plan, run, advice, card_facts(plan, model, stats, args.world_size), pusher)
+    save_best = best_saver(plan, run, card_facts(plan, model, stats, args.world_size), pusher)
     saver = BestModelSaver(save_best, first_best_loss(plan, resume_from))
     budget = TimeBudget(opts.time_budget * 60, opts.warmup_steps) if opts.time_budget else None
     throughput = Throughput(effective_batch(opts, args.world_size) * opts.seq_len)
     progress = ProgressLine(opts.steps_per_epoch, opts.num_epochs, throughput, run.say,
                             opts.progress and not opts.quiet, run.is_main, saver, budget)
-    # before the saver in the list: it asks, then the saver updates
     early = [EarlyStop(opts.early_stopping, saver, run.say)] if opts.early_stopping else []
     # sealed into every checkpoint together, so the best loss and early stopping's patience resume as one
     stateful = {"time_budget": budget, "early_stopping": early[0] if early else None, "skip_ledger": ledger,
@@ -470,7 +472,7 @@ def build_trainer(plan: RunPlan, run: "Run", model, args: TrainingArguments, tra
     callbacks = [*([budget] if budget else []), EpochBoundary(opts.steps_per_epoch), CheckpointSeal(stateful),
                  throughput, JsonlLog(plan.out / "log.jsonl", throughput, opts.steps_per_epoch, plan.device, ledger,
                                       run.is_main),
-                 progress, advice, *early, saver, *extra_callbacks]  # early asks the saver before it updates
+                 progress, advice, *early, saver, *extra_callbacks]  # in any order (tests/test_training.py)
     stopper = GracefulStop(run.say)
     trainer = SafeTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=default_data_collator, processing_class=plan.tokenizer,
@@ -488,7 +490,7 @@ def finish(plan: RunPlan, run: "Run", trainer: SafeTrainer, w: Watchers) -> dict
     best_dir = plan.out / "best"
     if not w.ledger.abort_reason and not w.saver.saved_once and not (best_dir / "config.json").is_file():
         run.warn("warning: no finite validation loss was measured; saving the final model as best/")
-        w.save_best(trainer.model, trainer.state)
+        w.save_best(trainer.model, trainer.state, float("nan"))
     if run.is_main:
         plot_training_curves(plan.out / "log.jsonl", plan.out / "training_curves.png",
                              f"bashgpt {plan.preset}, stage {plan.opts.stage}")
