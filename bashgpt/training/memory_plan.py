@@ -7,6 +7,7 @@ fit, they are kept; otherwise the fastest combination that fits is chosen. Flags
 which smaller batch or preset would.
 """
 
+import dataclasses
 import re
 from dataclasses import dataclass, replace
 
@@ -160,17 +161,17 @@ def given_levers(opts, device: str) -> tuple[Levers, set[str]]:
 
 
 def levers_for_run(opts, preset: str, config: BashGPTConfig, device: str, recorded: dict | None = None):
-    """(levers, plan text or None) for a training run; fills the chosen levers into ``opts`` (so run.json
-    records them). ``recorded``: a resumed run's run.json, whose levers it keeps where no flag is given."""
+    """(levers, plan text or None, the options with those levers) for a training run, ``opts`` left as it is (the
+    returned options are what run.json records). ``recorded``: a resumed run's run.json, whose levers it keeps
+    where no flag is given."""
     given, fixed = given_levers(opts, device)
     if "optim" in fixed:
         require_optimizer(given.optim, device)
     budget = parse_budget(opts.memory_budget) if opts.memory_budget else default_budget(device)
     text = None
     if recorded is not None:
-        for name, field in LEVER_OPTIONS.items():
-            if name not in fixed and field in recorded:
-                setattr(opts, field, recorded[field])
+        opts = dataclasses.replace(opts, **{field: recorded[field] for name, field in LEVER_OPTIONS.items()
+                                            if name not in fixed and field in recorded})
         levers = given_levers(opts, device)[0]
     elif budget is not None:
         plan = plan_memory(preset, opts.batch_size, opts.seq_len, device, budget, given, fixed,
@@ -178,5 +179,6 @@ def levers_for_run(opts, preset: str, config: BashGPTConfig, device: str, record
         levers, text = plan.levers, format_plan(plan, fixed, device)
     else:
         levers = given
-    opts.optim, opts.use_amp, opts.use_gradient_checkpointing = levers.optim, levers.use_amp, levers.checkpointing
-    return levers, text
+    opts = dataclasses.replace(opts, optim=levers.optim, use_amp=levers.use_amp,
+                               use_gradient_checkpointing=levers.checkpointing)
+    return levers, text, opts

@@ -1,7 +1,7 @@
 """The training command line: the reference guide's flags, with defaults from its recommended commands."""
 
 import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from transformers import HfArgumentParser
@@ -167,21 +167,15 @@ class TrainOptions(Reporting, RunControl, Architecture, MemoryLevers, Stability,
     """Every training option (the groups above; fields in --help order)."""
 
     def fill_defaults(self, preset: str) -> "TrainOptions":
-        """Fill every unset numeric option from the guide's command for this stage and preset."""
+        """These options with every unset one filled from the guide's command for this stage and preset (a new
+        object; this one is left as it is)."""
         bs, epochs, spe, lr, warmup = STAGE_DEFAULTS[self.stage][preset]
-        for name, value in (("batch_size", bs), ("num_epochs", epochs), ("steps_per_epoch", spe),
-                            ("learning_rate", lr), ("warmup_steps", warmup)):
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        if self.seq_len is None:
-            self.seq_len = 256 if preset == "nano" else 1024
-        if self.eval_steps is None:
-            self.eval_steps = self.steps_per_epoch
-        if self.dataset is None and self.stage == "language":
-            self.dataset = TINYSTORIES
-        if self.output_dir is None:
-            self.output_dir = f"runs/{self.stage}-{preset}"
-        return self
+        guide = {"batch_size": bs, "num_epochs": epochs, "steps_per_epoch": spe, "learning_rate": lr,
+                 "warmup_steps": warmup, "seq_len": 256 if preset == "nano" else 1024,
+                 "dataset": TINYSTORIES if self.stage == "language" else None,
+                 "output_dir": f"runs/{self.stage}-{preset}"}
+        filled = replace(self, **{name: value for name, value in guide.items() if getattr(self, name) is None})
+        return filled if filled.eval_steps is not None else replace(filled, eval_steps=filled.steps_per_epoch)
 
 
 def defaults_table() -> str:

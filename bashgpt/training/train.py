@@ -93,8 +93,16 @@ class Run:
             LOGGER.warning(message)
 
 
+def check_flags(opts: TrainOptions) -> None:
+    """Refuse flags that contradict each other or miss their partner, before anything is read."""
+    if opts.stage == "code" and not opts.dataset:
+        raise UserError("stage 2 (--stage code) needs --dataset: a 'bashgpt collect' folder of bash scripts")
+    if opts.resume and opts.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+
+
 def validate(opts: TrainOptions) -> None:
-    """Refuse impossible numbers before any work."""
+    """Refuse impossible numbers (the guide's defaults filled in) before any work."""
     for name in ("batch_size", "num_epochs", "steps_per_epoch", "gradient_accumulation_steps", "seq_len",
                  "eval_steps", "eval_blocks", "early_stopping"):
         value = getattr(opts, name)
@@ -104,10 +112,6 @@ def validate(opts: TrainOptions) -> None:
         raise UserError(f"--learning-rate must be positive, got {opts.learning_rate}")
     if opts.warmup_steps is not None and opts.warmup_steps < 0:
         raise UserError(f"--warmup-steps must be 0 or more, got {opts.warmup_steps}")
-    if opts.stage == "code" and not opts.dataset:
-        raise UserError("stage 2 (--stage code) needs --dataset: a 'bashgpt collect' folder of bash scripts")
-    if opts.resume and opts.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pick one")
     if opts.time_budget is not None and not opts.time_budget > 0:
         raise UserError(f"--time-budget must be a positive number of minutes, got {opts.time_budget}")
 
@@ -295,14 +299,14 @@ def fit_vocabulary(config: BashGPTConfig, tokenizer, checkpoint: Path | None) ->
 
 
 def plan_run(opts: TrainOptions) -> RunPlan:
-    """Resolve the options into a RunPlan; ``opts`` gets the guide's defaults and the chosen levers (run.json
-    records them)."""
-    validate(opts)
+    """Resolve the options into a RunPlan, whose options are ``opts`` with the guide's defaults and the chosen
+    levers filled in (what run.json records); ``opts`` itself is left as it is."""
+    check_flags(opts)
     config, preset, checkpoint, legacy_state = plan_model(opts)
+    opts = opts.fill_defaults(preset)
+    validate(opts)
     tokenizer = choose_tokenizer(opts, checkpoint)
     fit_vocabulary(config, tokenizer, checkpoint)
-    opts.fill_defaults(preset)
-    validate(opts)
     out = Path(opts.output_dir)
     report_to = trackers(opts.report_to)  # before any work: a missing package or an unreachable tracker
     hub_repo = opts.hub_model_id or out.resolve().name
@@ -311,7 +315,7 @@ def plan_run(opts: TrainOptions) -> RunPlan:
     device = resolve_device(opts.device)
     check_fsdp(opts, device)
     recorded = json.loads((out / "run.json").read_text()) if opts.resume and (out / "run.json").is_file() else None
-    levers, lever_plan = levers_for_run(opts, preset, config, device, recorded)  # may refuse
+    levers, lever_plan, opts = levers_for_run(opts, preset, config, device, recorded)  # may refuse
     precision = choose_precision(device, opts.use_amp)
     if levers.kind.bf16_weights and not precision.bf16:
         precision.note = f"bf16 weights and optimizer state ({levers.optim})"
@@ -526,6 +530,7 @@ def run_training(opts: TrainOptions, extra_callbacks=()) -> dict:
     claim the folder, make the data and the model, train, finish."""
     logs.set_quiet(opts.quiet)
     plan = plan_run(opts)
+    opts = plan.opts  # the guide's defaults and the chosen levers filled in
     if opts.resume and (done := finished_at(plan.out, plan.max_steps)) is not None:
         return already_complete(opts, plan.out, done, plan.max_steps)
     args = training_arguments(opts, plan.out, plan.device, plan.precision, plan.max_steps, plan.report_to)
