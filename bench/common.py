@@ -4,6 +4,7 @@ on a lent GPU, the checkout here): nothing is put on sys.path."""
 
 import platform
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -11,6 +12,25 @@ import torch
 
 def median_minmax(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def timed(fn, sync=lambda: None):
+    """(``fn()``'s result, the seconds it took), with ``sync`` (a device's synchronisation) before and after."""
+    sync()
+    began = time.perf_counter()
+    result = fn()
+    sync()
+    return result, time.perf_counter() - began
+
+
+def interleaved(runners: dict, reps: int, sync=lambda: None) -> dict[str, list[float]]:
+    """Seconds per call of each runner over ``reps`` rounds, the runners taking turns within a round (a shared
+    machine's slow spells then fall on all of them alike)."""
+    times = {name: [] for name in runners}
+    for _ in range(reps):
+        for name, fn in runners.items():
+            times[name].append(timed(fn, sync)[1])
+    return times
 
 
 def cpu_description() -> str:

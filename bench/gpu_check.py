@@ -118,7 +118,7 @@ def run_one_part(args) -> int:
     """Inside a part's own process: run it, writing its rows; a problem is one row and a non-zero exit."""
     import traceback
 
-    from gpu_parts import GPU, PARTS, SMOKE, CheckProblem, Context
+    from gpu_parts import GPU, PARTS, SMOKE, CheckProblem, Context, one_line
 
     rows_file = args.work / "parts" / f"{args.part}.jsonl"
     ctx = Context(scale=SMOKE if args.smoke else GPU, work=args.work, deadline=time.monotonic() + args.part_limit - 5,
@@ -131,7 +131,7 @@ def run_one_part(args) -> int:
         return 1
     except Exception as err:  # noqa: BLE001  (any failure is this part's one line; the next part still runs)
         traceback.print_exc()
-        ctx.emit({"problem": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
+        ctx.emit({"problem": one_line(err)})
         return 1
     return 0
 

@@ -13,6 +13,7 @@ rows as they come (one JSON line each), and stops starting work that its deadlin
 """
 
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import cpu_description, gpt2_twin, median_minmax, train_step_fn
+from common import cpu_description, gpt2_twin, interleaved, median_minmax, timed, train_step_fn
 from gpu_wheels import unmet_requirements
 
 # The guide's "Model Sizes" table: GB each preset takes at its recommended batch size.
@@ -102,7 +103,12 @@ def row_error(row: dict):
         yield
     except Exception as err:  # noqa: BLE001
         traceback.print_exc()
-        row["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        row["error"] = one_line(err)
+
+
+def one_line(err: Exception) -> str:
+    """An exception as one line: its type and its message's first line."""
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
 
 
 def config_for(size: str, scale: Scale):
@@ -211,21 +217,11 @@ def build(model_name: str, size: str, scale: Scale, levers=None):
 
 def time_steps(step, scale: Scale) -> tuple[float, list[float]]:
     """(seconds of the first step, compilation included; seconds of each timed step after the warm-up)."""
-    sync(scale.device)
-    began = time.perf_counter()
-    step()
-    sync(scale.device)
-    first = time.perf_counter() - began
+    device_sync = functools.partial(sync, scale.device)
+    first = timed(step, device_sync)[1]
     for _ in range(scale.warmup):
         step()
-    times = []
-    for _ in range(scale.steps):
-        sync(scale.device)
-        began = time.perf_counter()
-        step()
-        sync(scale.device)
-        times.append(time.perf_counter() - began)
-    return first, times
+    return first, interleaved({"step": step}, scale.steps, device_sync)["step"]
 
 
 def measure_training(model_name: str, size: str, batch: int, compiled: bool, scale: Scale, tflops: float,
@@ -349,22 +345,13 @@ def decode(ctx: Context) -> None:
 
 def decode_row(runners: dict, batch: int, scale: Scale) -> dict:
     """Each runner's first call (compilation included), then ``scale.reps`` interleaved timed calls."""
-    row, outputs, times = {"batch": batch, "prompt": scale.prompt_len, "new_tokens": scale.new_tokens}, {}, {}
+    row, outputs = {"batch": batch, "prompt": scale.prompt_len, "new_tokens": scale.new_tokens}, {}
+    device_sync = functools.partial(sync, scale.device)
     with torch.inference_mode():
         for name, run in runners.items():
-            sync(scale.device)
-            began = time.perf_counter()
-            outputs[name] = run()
-            sync(scale.device)
-            row[f"{name} first call s"] = round(time.perf_counter() - began, 2)
-            times[name] = []
-        for _ in range(scale.reps):
-            for name, run in runners.items():
-                sync(scale.device)
-                began = time.perf_counter()
-                run()
-                sync(scale.device)
-                times[name].append(time.perf_counter() - began)
+            outputs[name], seconds = timed(run, device_sync)
+            row[f"{name} first call s"] = round(seconds, 2)
+        times = interleaved(runners, scale.reps, device_sync)
     baseline = statistics.median(times["GPT2LMHeadModel.generate"])
     row["runners"] = {name: {"tokens_per_s": batch * scale.new_tokens / statistics.median(ts),
                              "vs_gpt2": baseline / statistics.median(ts)} for name, ts in times.items()}

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import cpu_description, gpt2_twin, median_minmax, train_step_fn  # noqa: E402,F401
+from common import cpu_description, gpt2_twin, interleaved, median_minmax, train_step_fn  # noqa: E402,F401
 
 from bashgpt import BashGPTConfig, BashGPTForCausalLM  # noqa: E402
 from bashgpt.training.estimate import matmul_rate  # noqa: E402
@@ -39,18 +39,6 @@ HERE = Path(__file__).resolve().parent
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def interleaved(runners: dict, reps: int) -> dict[str, list[float]]:
-    """Seconds per call of each runner over ``reps`` rounds, the runners taking turns within a round (a shared
-    machine's slow spells then fall on all of them alike)."""
-    times = {name: [] for name in runners}
-    for _ in range(reps):
-        for name, fn in runners.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return times
 
 
 def matmul_peak(dtype, reps=10):

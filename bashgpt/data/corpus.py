@@ -136,9 +136,14 @@ def document_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
+def held_out_hash(digest: int, fraction: float = VALIDATION_FRACTION) -> bool:
+    """Whether a document of this ``document_hash`` falls in the held-out share."""
+    return digest < fraction * 2**64
+
+
 def held_out(text: str, fraction: float = VALIDATION_FRACTION) -> bool:
     """Whether a document belongs to the validation split of a corpus that has none of its own."""
-    return document_hash(text) < fraction * 2**64
+    return held_out_hash(document_hash(text), fraction)
 
 
 def split_off_validation(ds: datasets.Dataset, fraction: float = VALIDATION_FRACTION) -> datasets.DatasetDict:
@@ -149,7 +154,7 @@ def split_off_validation(ds: datasets.Dataset, fraction: float = VALIDATION_FRAC
     column = text_column(ds)
     hashes = [document_hash(text) for batch in ds.select_columns([column]).iter(batch_size=10_000)
               for text in batch[column]]
-    validation = [i for i, h in enumerate(hashes) if h < fraction * 2**64]
+    validation = [i for i, h in enumerate(hashes) if held_out_hash(h, fraction)]
     if not validation or len(validation) == len(hashes):
         validation = [min(range(len(hashes)), key=hashes.__getitem__)]
     chosen = set(validation)
