@@ -244,9 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=str(default_tokenizer_dir()), help="tokenizer for the token counts")
     p.add_argument("--block-size", type=int, default=1024, help="sequence length for the summary's sequence count")
     p.add_argument("--pairs", default="", metavar="KIND[,KIND]",
-                   help=f"add description-and-code pairs in the prompt's shape to the training split, mined from the "
-                        f"collected scripts and the Debian packages' man pages: {', '.join(PAIR_KINDS)} (default: "
-                        f"none; bench/pairs.md measures what each does to task relevance)")
+                   help=f"add description-and-command pairs in the prompt's shape to the training split: "
+                        f"{', '.join(PAIR_KINDS)}. comment/header: cut from the collected scripts; man: the EXAMPLES "
+                        f"of the Debian sources' and (with 'system') this machine's man pages; cheat, eg: PyPI's "
+                        f"example collections (fetched with pip); tldr, nl2sh-alfa: online, skipped offline "
+                        f"(default: none; bench/pairs.md measures what each does to task relevance)")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("train", help="train a stage: --stage language (TinyStories) or --stage code (bash)",

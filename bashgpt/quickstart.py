@@ -49,6 +49,11 @@ class QuickstartPlan:
     # 32,000-token one, and a 4x smaller LM head (2.4x nano's training throughput, bench/quickstart.md); None: the shipped tokenizer
     debian: bool = True  # try Debian packages when apt-get is there and the network answers
     sources: tuple = ("system",)
+    # description-and-command pairs in the prompt's shape (pair_sources.py): what teaches which command a task calls
+    # for; tldr and nl2sh-alfa are skipped with one line where GitHub and the Hub do not answer
+    pairs: tuple = ("man", "cheat", "eg", "tldr", "nl2sh-alfa")
+    english_replay: float = 0.2  # share of stage 2's training tokens that are stage 1's English, so the model keeps
+    # the language its prompts are written in
     eval_prompts: int | None = None  # the first this many tasks of tasks.txt (None: all 74), one sample each: more
     samples_per_prompt: int = 1  # tasks rather than more samples of each, for a task relevance that means something
     max_new_tokens: int = 192
@@ -58,7 +63,7 @@ class QuickstartPlan:
     def smoke(cls, out: Path, source: str) -> "QuickstartPlan":
         """The reduced plan the test suite runs (well under a minute): fixed step counts, no clock."""
         return cls(out=out, minutes=None, stage1_steps=4, stage2_steps=4, seq_len=64, batch_size=4,
-                   max_script_tokens=None, debian=False, sources=(source,), eval_prompts=2, samples_per_prompt=1,
+                   max_script_tokens=None, debian=False, sources=(source,), pairs=(), eval_prompts=2, samples_per_prompt=1,
                    max_new_tokens=16, show_samples=1)
 
 
@@ -99,12 +104,12 @@ def collect_bash(plan: QuickstartPlan, tokenizer) -> Path:
         sources.append("debian:")
         say(f"Debian packages are reachable: adding the default {len(DEFAULT_DEBIAN_PACKAGES)} shell-rich packages")
     try:
-        manifest = collect(sources, corpus, tokenizer=tokenizer)
+        manifest = collect(sources, corpus, tokenizer=tokenizer, pairs=plan.pairs)
     except CollectError as err:
         if "debian:" not in sources:
             raise
         print(f"   Debian packages failed ({err}); using this machine's scripts only", flush=True)
-        manifest = collect(list(plan.sources), corpus, tokenizer=tokenizer)
+        manifest = collect(list(plan.sources), corpus, tokenizer=tokenizer, pairs=plan.pairs)
     print(format_summary(manifest, corpus, block_size=plan.seq_len), flush=True)
     return corpus
 
@@ -140,9 +145,10 @@ def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, strip_lic
         lengths = [len(ids) for ids in encode_batch(tokenizer, [r["text"] for r in rows])]
         short = [r for r, n in zip(rows, lengths, strict=True) if n <= max_tokens]
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short))
-        kept[split] = (len(short), len(rows))
-    print(f"   stage 2 trains on the {kept['train'][0]:,} of {kept['train'][1]:,} scripts that are at most "
-          f"{max_tokens} tokens long (validation {kept['validation'][0]} of {kept['validation'][1]})", flush=True)
+        kept[split] = (len(short), len(rows), sum(r.get("source", "").startswith("pair:") for r in short))
+    print(f"   stage 2 trains on the {kept['train'][0]:,} of {kept['train'][1]:,} scripts and pairs that are at most "
+          f"{max_tokens} tokens long ({kept['train'][2]:,} of them pairs; validation {kept['validation'][0]} of "
+          f"{kept['validation'][1]})", flush=True)
     return out
 
 
@@ -193,6 +199,8 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
                                    output_dir=str(out / "stage2"), steps_per_epoch=plan.stage2_steps,
                                    learning_rate=1e-3, warmup_steps=20, time_budget=budget2,
                                    eval_steps=plan.stage2_eval_steps, early_stopping=plan.stage2_patience,
+                                   replay=STDLIB if plan.english_replay else None,
+                                   replay_share=plan.english_replay or 0.2,
                                    **{k: v for k, v in common.items() if k != "model_size"}))
 
     say("Evaluating: held-out loss on both corpora, and the bash the model writes")

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..shellcheck import bash_parse
 from .cache_dirs import cache_root
+from .pair_sources import EXTERNAL_KINDS, SourceOffline, source_pairs
 from .pairs import Contamination, comment_pairs, man_page_pairs
 from .tokenization import encode_batch
 
@@ -64,7 +65,7 @@ MIN_ALNUM_FRACTION = 0.25
 SKIP_REASONS = ("not_shell", "binary", "non_utf8", "empty", "too_large", "symlink_loop", "symlink_broken",
                 "symlink_outside", "symlink_inside", "unreadable", "generated", "long_line", "long_mean_line", "low_alnum",
                 "exact_duplicate", "near_duplicate", "evaluation_overlap")
-PAIR_KINDS = ("comment", "header", "man")  # pairs.py
+PAIR_KINDS = ("comment", "header", "man") + EXTERNAL_KINDS  # pairs.py, pair_sources.py
 
 
 class CollectError(UserError):
@@ -517,23 +518,51 @@ def write_jsonl(path: Path, scripts: list[Script]) -> None:
     os.replace(tmp, path)
 
 
+def script_pairs(train: list[Script], kinds: tuple[str, ...]) -> list[Script]:
+    """Comment-and-block and header pairs cut from the training scripts, with their provenance."""
+    return [replace(script, text=text, source=f"pair:{kind}", path=f"{script.path}#L{line}", bash_n_ok=None,
+                    bash_n_error="")
+            for script in train for kind, text, line in comment_pairs(script.text) if kind in kinds]
+
+
+def man_pairs_of(sources: list[str], cache: Path) -> list[Script]:
+    """Pairs from the EXAMPLES sections of the man pages of the Debian sources, and of this machine's when
+    ``system`` is a source."""
+    mined = []
+    for word in (w for w in sources if w.startswith("debian:")):
+        for package, version, root in fetch_debian(debian_names(word), cache):
+            licence = debian_copyright_licence(root, package)
+            mined += [Script(text, "pair:man", package, version, path, licence, "bash")
+                      for text, path in man_page_pairs(root)]
+    if "system" in sources:
+        owners, licence = dpkg_owners(), functools.lru_cache(maxsize=None)(debian_copyright_licence)
+        for text, path in man_page_pairs(Path("/")):
+            package = owners.get("/" + path, "system")
+            mined.append(Script(text, "pair:man", package, "", path, licence(Path("/"), package), "bash"))
+    return mined
+
+
+def published_pairs(kinds: tuple[str, ...], cache: Path) -> list[Script]:
+    """Pairs from published example collections (pair_sources.py); one whose host does not answer is skipped with
+    one line."""
+    mined = []
+    for kind in (k for k in kinds if k in EXTERNAL_KINDS):
+        try:
+            found = source_pairs(kind, cache)
+        except SourceOffline as why:
+            print(f"   {kind} pairs skipped: {why}", flush=True)
+            continue
+        mined += [Script(p.text, f"pair:{kind}", p.package, p.version, p.path, p.licence, "bash") for p in found]
+    return mined
+
+
 def mine_pairs(train: list[Script], sources: list[str], cache: Path, contamination: Contamination,
                kinds: tuple[str, ...], progress: bool) -> tuple[list[Script], dict]:
-    """Description-and-code pairs (pairs.py) from the training scripts and the Debian sources' man pages, each with
-    the provenance of what it was cut from; deduplicated among themselves and against the scripts (exactly and
-    near), clear of evaluation, and parsing with ``bash -n``. Returns them and their counts by kind."""
-    mined: list[Script] = []
-    for script in train:
-        for kind, text, line in comment_pairs(script.text):
-            if kind in kinds:
-                mined.append(replace(script, text=text, source=f"pair:{kind}", path=f"{script.path}#L{line}",
-                                     bash_n_ok=None, bash_n_error=""))
-    if "man" in kinds:
-        for word in (w for w in sources if w.startswith("debian:")):
-            for package, version, root in fetch_debian(debian_names(word), cache):
-                licence = debian_copyright_licence(root, package)
-                mined += [Script(text, "pair:man", package, version, path, licence, "bash")
-                          for text, path in man_page_pairs(root)]
+    """Description-and-code pairs of ``kinds``, each with the provenance of what it was cut from; deduplicated among
+    themselves and against the scripts (exactly and near), clear of evaluation, and parsing with ``bash -n``.
+    Returns them and their counts by kind."""
+    mined = script_pairs(train, kinds) + (man_pairs_of(sources, cache) if "man" in kinds else []) + \
+        published_pairs(kinds, cache)
     counts = {kind: {"mined": sum(p.source == f"pair:{kind}" for p in mined)} for kind in kinds}
     seen, unique, overlap = {normalised_hash(s.text) for s in train}, [], 0
     for pair in mined:

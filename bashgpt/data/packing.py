@@ -130,11 +130,13 @@ def pack_dataset(ds: datasets.Dataset, tokenizer, block_size: int, progress: boo
 
 
 def packed_splits(dd: datasets.DatasetDict, tokenizer, block_size: int, cache_dir: str | Path | None,
-                  progress: bool = True) -> dict[str, TokenBlocks]:
-    """Blocks of every split, from a token stream on disk keyed by the split's text and the tokenizer (tokenised
-    once; a later run, whatever its block size, memory-maps it)."""
+                  progress: bool = True, splits: tuple[str, ...] | None = None) -> dict[str, TokenBlocks]:
+    """Blocks of every split (or of ``splits``), from a token stream on disk keyed by the split's text and the
+    tokenizer (tokenised once; a later run, whatever its block size, memory-maps it)."""
     out = {}
     for split, ds in dd.items():
+        if splits is not None and split not in splits:
+            continue
         if cache_dir is None:
             out[split] = pack_dataset(ds, tokenizer, block_size, progress)
             continue
@@ -148,6 +150,19 @@ def packed_splits(dd: datasets.DatasetDict, tokenizer, block_size: int, cache_di
             tokens = tokenize_split(ds, tokenizer, path, desc=f"tokenising {split}", progress=progress)
         out[split] = TokenBlocks(tokens, block_size, tokenizer.pad_token_id)
     return out
+
+
+def with_replay(main: TokenBlocks, replay: TokenBlocks, share: float) -> TokenBlocks:
+    """``main``'s tokens followed by the first of ``replay``'s (repeated if it is short), so that they make up
+    ``share`` of the whole; each block is one or the other but at the seam, and training draws blocks in random
+    order."""
+    want = round(main.num_tokens * share / (1 - share))
+    if want == 0 or replay.num_tokens == 0:
+        return main
+    repeats = -(-want // replay.num_tokens)
+    extra = np.tile(np.asarray(replay.tokens), repeats)[:want] if repeats > 1 else np.asarray(replay.tokens[:want])
+    return TokenBlocks(np.concatenate([np.asarray(main.tokens), extra.astype(main.tokens.dtype)]), main.block_size,
+                       main.pad_id)
 
 
 def split_stats(blocks: TokenBlocks) -> dict:

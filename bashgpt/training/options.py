@@ -60,6 +60,11 @@ class WhatToTrain:
                                     choices=list(PRESETS))
     dataset: str | None = option(None, f"Hub name (default {TINYSTORIES} at stage 1), a local file or folder, a "
                                        f"'bashgpt collect' folder (stage 2), or '{STDLIB}' for offline English")
+    replay: str | None = option(None, "a second corpus whose training documents are mixed into this run's "
+                                      f"training blocks, e.g. '{STDLIB}' or TinyStories at stage 2 so that the "
+                                      "model keeps the language its prompts are written in (validation stays "
+                                      "--dataset's)")
+    replay_share: float = option(0.2, "the share of training tokens --replay makes up")
     streaming: bool = option(False, "read the corpus as training uses it (datasets' iterable datasets) instead of "
                                     "tokenising it all first: for corpora larger than the disk or memory; --resume "
                                     "continues on the exact block")

@@ -26,7 +26,7 @@ from transformers import TrainingArguments, default_data_collator
 from .. import BashGPTConfig, BashGPTForCausalLM, logs
 from ..data.cache_dirs import packed_cache_dir
 from ..data.corpus import load_corpus, stream_corpus
-from ..data.packing import packed_splits, split_stats
+from ..data.packing import packed_splits, split_stats, with_replay
 from ..data.streaming import streamed_splits
 from ..data.tokenization import default_tokenizer_dir
 from ..devices import Precision, choose_precision, resolve_device
@@ -99,6 +99,8 @@ def check_flags(opts: TrainOptions) -> None:
         raise UserError("stage 2 (--stage code) needs --dataset: a 'bashgpt collect' folder of bash scripts")
     if opts.resume and opts.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
+    if opts.replay and opts.streaming:
+        raise UserError("--replay mixes tokenised corpora and --streaming reads one as it goes; drop one of them")
 
 
 def validate(opts: TrainOptions) -> None:
@@ -112,6 +114,9 @@ def validate(opts: TrainOptions) -> None:
         raise UserError(f"--learning-rate must be positive, got {opts.learning_rate}")
     if opts.warmup_steps is not None and opts.warmup_steps < 0:
         raise UserError(f"--warmup-steps must be 0 or more, got {opts.warmup_steps}")
+    if not 0 < opts.replay_share < 1:
+        raise UserError(f"--replay-share must be between 0 and 1 (a share of the training tokens), got "
+                        f"{opts.replay_share}")
     if opts.time_budget is not None and not opts.time_budget > 0:
         raise UserError(f"--time-budget must be a positive number of minutes, got {opts.time_budget}")
 
@@ -376,7 +381,8 @@ def announce(run: "Run", plan: RunPlan, model, args: TrainingArguments, stats: d
             f"{opts.steps_per_epoch} steps")
     train_text = (f"{stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M tokens"
                   if stats["train"]["sequences"] is not None else "streamed")
-    run.say(f"data {opts.dataset}: train {train_text}, validation {stats['validation']['sequences']:,} / "
+    replay = f" (of them {opts.replay_share:.0%} {opts.replay}, replayed)" if opts.replay else ""
+    run.say(f"data {opts.dataset}: train {train_text}{replay}, validation {stats['validation']['sequences']:,} / "
             f"{stats['validation']['tokens'] / 1e6:.2f}M (evaluating on {eval_blocks} sequences)")
     if not run.is_main:
         return
@@ -557,9 +563,13 @@ def training_data(opts: TrainOptions, tokenizer, progress: bool):
                                                opts.eval_blocks, opts.seed)
         train_stats = {"sequences": None, "tokens": None}
     else:
-        packed = packed_splits(load_corpus(opts.dataset), tokenizer, opts.seq_len,
-                               cache_dir=opts.cache_dir or str(packed_cache_dir()), progress=progress)
+        cache_dir = opts.cache_dir or str(packed_cache_dir())
+        packed = packed_splits(load_corpus(opts.dataset), tokenizer, opts.seq_len, cache_dir, progress=progress)
         train_ds, validation = packed["train"], packed["validation"]
+        if opts.replay:
+            replayed = packed_splits(load_corpus(opts.replay), tokenizer, opts.seq_len, cache_dir, progress=progress,
+                                     splits=("train",))["train"]
+            train_ds = with_replay(train_ds, replayed, opts.replay_share)
         train_stats = split_stats(train_ds)
     eval_ds = validation.first(opts.eval_blocks)
     if (not opts.streaming and len(train_ds) < opts.batch_size) or len(eval_ds) == 0:
