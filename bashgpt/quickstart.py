@@ -205,7 +205,7 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
 
     say("Evaluating: held-out loss on both corpora, and the bash the model writes")
     from .data.tasks import load_tasks
-    from .inference.evaluate import add_to_model_card, evaluate, format_table, save_json
+    from .inference.evaluate import add_to_model_card, evaluate, format_table, save_json, task_verdict
     from .model_folder import load_model_and_tokenizer
 
     best = Path(s2["best"])
@@ -221,8 +221,9 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
 
     say("A few guarded samples from the evaluation, with their checks (never executed)")
     for example in result["examples"][:plan.show_samples]:
+        verdict = task_verdict(example)
         print(f"----- prompt -----\n{example['prompt']}----- model -----\n{example['completion']}\n"
-              + "\n".join(check_report(example["prompt"] + example["completion"])))
+              + "\n".join(check_report(example["prompt"] + example["completion"]) + ([verdict] if verdict else [])))
 
     minutes = clock.minutes_used()
     summary = {"model": str(best), "stage1": s1["best"], "curves": [s1["curves"], s2["curves"]],

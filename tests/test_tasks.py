@@ -15,9 +15,11 @@ from bashgpt.data.tasks import (
     chance_level,
     has_command,
     load_tasks,
+    names_its_command,
     on_task,
     reference_scores,
     relevance_rates,
+    wilson_interval,
 )
 from bashgpt.data.tokenization import default_tokenizer_dir
 from bashgpt.inference import evaluate as evaluate_module
@@ -88,7 +90,9 @@ def test_a_script_with_only_comments_exit_or_colon_does_nothing(completion, expe
 def test_rates_and_the_chance_level():
     tasks = [Task("a", "#!/bin/sh\n# a\n", ("tar",)), Task("b", "#!/bin/sh\n# b\n", ("df",))]
     rates = relevance_rates(["tar cf x .\n", "exit 0\n"], tasks)
-    assert rates == {"samples": 2, "on_task": 0.5, "no_command": 0.5}
+    assert (rates["samples"], rates["on_task"], rates["no_command"]) == (2, 0.5, 0.5)
+    assert rates["own_chance"] == 0.0  # 'tar' held against task b (df), 'exit 0' against task a (tar)
+    assert rates["not_named_in_task"] == {"share": 0.5, "interval_95": wilson_interval(1, 2), "samples": 2}
     scripts = ["tar cf x .\ndf -h\n", "ls\n"]
     assert chance_level(scripts, tasks) == 0.5  # 2 of the 4 pairs
     assert chance_level(scripts, tasks, own=[0, None]) == round(1 / 3, 3)  # script 0 is not paired with task a
@@ -129,13 +133,31 @@ def test_evaluation_reports_relevance_beside_chance_and_the_scripts_for_the_task
     result = evaluate_module.evaluate(model, tok, None, real, tasks, samples_per_prompt=1,
                                       sampling=SamplingOptions(max_new_tokens=4), progress=False, real_scripts=2)
     rel = result["relevance"]
-    assert rel["raw"] == {"samples": 3, "on_task": round(1 / 3, 3), "no_command": round(1 / 3, 3)}
-    assert rel["guarded"] == {"samples": 3, "on_task": round(2 / 3, 3), "no_command": round(1 / 3, 3)}
+    assert [rel["raw"][k] for k in ("samples", "on_task", "no_command")] == [3, round(1 / 3, 3), round(1 / 3, 3)]
+    assert [rel["guarded"][k] for k in ("samples", "on_task", "no_command")] == [3, round(2 / 3, 3), round(1 / 3, 3)]
+    assert rel["guarded"]["named_in_task"]["samples"] == 1  # "a dated tar archive" names tar
+    assert rel["guarded"]["named_in_task"]["share"] == 0.0 and rel["guarded"]["not_named_in_task"]["share"] == 1.0
     assert rel["reference"] == {"scripts": 3, "on_task": 1.0}
     assert rel["chance"]["on_task"] == round(1 / 6, 3)  # the tar script on the tar task, of 2 scripts x 3 tasks
     assert [e["completion"] for e in result["examples"]] == ["find . -mtime +30 -delete\n", "du -a | sort -n | tail\n"]
+    assert evaluate_module.task_verdict(result["examples"][0]) == "task: on task (uses one of find, rm)"
     table = evaluate_module.format_table(result)
     assert "uses a command the task needs" in table and "writes no command at all" in table
+    assert "95% interval" in table and "same samples, other tasks" in table and "task names the command" in table
+
+
+def test_the_interval_of_a_share_and_what_a_sample_scores_against_other_tasks():
+    assert wilson_interval(0, 74) == (0.0, 0.049)  # none of 74 still allows up to 5%
+    lo, hi = wilson_interval(9, 144)
+    assert lo < 9 / 144 < hi and (lo, hi) == (0.033, 0.115)
+    tasks = [Task("a", "#!/bin/sh\n# Archive it.\n", ("tar",)), Task("b", "#!/bin/sh\n# Free space.\n", ("df",)),
+             Task("c", "#!/bin/sh\n# Make a tar file.\n", ("tar",))]
+    # the same 'tar' whatever the task: on task for a and c, and against the others' tasks it scores a's and c's
+    same = ["tar cf x .\n"] * 3
+    rates = relevance_rates(same, tasks)
+    assert rates["on_task"] == round(2 / 3, 3)
+    assert rates["own_chance"] == 0.5  # a vs b: no; b vs a, b vs c: yes; c vs b: no (a vs c: same commands, left out)
+    assert [names_its_command(t) for t in tasks] == [False, False, True]
 
 
 BAD_FILES = {

@@ -63,8 +63,8 @@ MAX_MEAN_LINE_LENGTH = 100
 MIN_ALNUM_FRACTION = 0.25
 
 SKIP_REASONS = ("not_shell", "binary", "non_utf8", "empty", "too_large", "symlink_loop", "symlink_broken",
-                "symlink_outside", "symlink_inside", "unreadable", "generated", "long_line", "long_mean_line", "low_alnum",
-                "exact_duplicate", "near_duplicate", "evaluation_overlap")
+                "symlink_outside", "symlink_inside", "unreadable", "generated", "boilerplate_only", "long_line",
+                "long_mean_line", "low_alnum", "exact_duplicate", "near_duplicate", "evaluation_overlap")
 PAIR_KINDS = ("comment", "header", "man") + EXTERNAL_KINDS  # pairs.py, pair_sources.py
 
 
@@ -84,6 +84,7 @@ class Script:
     sha256: str = ""
     bash_n_ok: bool | None = None
     bash_n_error: str = ""
+    boilerplate_bytes: int = 0  # of generated blocks (debhelper's) cut out of it
 
     def __post_init__(self):
         self.sha256 = hashlib.sha256(self.text.encode("utf-8")).hexdigest()
@@ -150,6 +151,23 @@ def quality_problem(text: str) -> str | None:
     return None
 
 
+GENERATED_BLOCK = re.compile(r"^# Automatically added by dh_[\w-]+.*?^# End automatically added section[^\n]*\n?",
+                             re.MULTILINE | re.DOTALL)
+BOILERPLATE_CODE = re.compile(r"^(set -e\w*|exit( 0)?|#DEBHELPER#|true|:)\s*;?$")
+
+
+def without_generated_blocks(text: str) -> str:
+    """``text`` without debhelper's ``# Automatically added by dh_...`` ... ``# End automatically added section``
+    blocks: the same few lines in hundreds of maintainer scripts, which a model learns by heart instead of bash."""
+    return GENERATED_BLOCK.sub("", text)
+
+
+def only_boilerplate(text: str) -> bool:
+    """Whether nothing but a shebang, comments, ``set -e`` and ``exit 0`` is left."""
+    code = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return all(BOILERPLATE_CODE.match(line) for line in code)
+
+
 def is_generated(relpath: str, text: str) -> bool:
     if os.path.basename(relpath) in GENERATED_NAMES:
         return True
@@ -166,6 +184,18 @@ def symlink_verdict(cand: Candidate) -> str:
     except (RuntimeError, OSError) as err:
         return "symlink_loop" if "loop" in str(err).lower() or getattr(err, "errno", 0) == 40 else "unreadable"
     return "symlink_inside" if target.is_relative_to(cand.root.resolve()) else "symlink_outside"
+
+
+def cleaned_text(relpath: str, text: str) -> tuple[str, str | None]:
+    """The file's text without generated blocks, and the reason it is skipped (None: kept)."""
+    if not text.strip():
+        return text, "empty"
+    if is_generated(relpath, text):
+        return text, "generated"
+    cleaned = without_generated_blocks(text)
+    if only_boilerplate(cleaned):
+        return cleaned, "boilerplate_only"
+    return cleaned, quality_problem(cleaned)
 
 
 def read_candidate(cand: Candidate, max_bytes: int) -> tuple[Script | None, str | None]:
@@ -202,15 +232,12 @@ def read_candidate(cand: Candidate, max_bytes: int) -> tuple[Script | None, str 
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None, "non_utf8"
-    if not text.strip():
-        return None, "empty"
-    if is_generated(cand.relpath, text):
-        return None, "generated"
-    problem = quality_problem(text)
+    cleaned, problem = cleaned_text(cand.relpath, text)
     if problem:
         return None, problem
-    return Script(text=text, source=cand.source, project=cand.project, version=cand.version, path=cand.relpath,
-                  licence=cand.licence, interpreter=kind), None
+    return Script(text=cleaned, source=cand.source, project=cand.project, version=cand.version, path=cand.relpath,
+                  licence=cand.licence, interpreter=kind,
+                  boilerplate_bytes=len(text.encode()) - len(cleaned.encode())), None
 
 
 # ----------------------------------------------------------------------------- sources
@@ -613,7 +640,9 @@ def collect(sources: list[str], out: str | Path, validation_fraction: float = 0.
         d = {"files": len(split), "bytes": sum(len(s.text.encode()) for s in split),
              "projects": len({(s.source, s.project) for s in split}),
              "bash_n_ok": sum(bool(s.bash_n_ok) for s in split),
-             "pairs": sum(s.source.startswith("pair:") for s in split)}
+             "pairs": sum(s.source.startswith("pair:") for s in split),
+             "maintainer_scripts": sum(s.path.startswith("DEBIAN/") for s in split),
+             "boilerplate_bytes_removed": sum(s.boilerplate_bytes for s in split)}
         if tokenizer is not None:
             d["tokens"] = sum(len(ids) + 1 for ids in encode_batch(tokenizer, [s.text for s in split]))
         return d
@@ -649,6 +678,11 @@ def format_summary(manifest: dict, out: str | Path, block_size: int = 1024) -> s
             line += f", {s['tokens'] / 1e6:.2f}M tokens, {-(-s['tokens'] // block_size)} sequences of {block_size}"
         line += f", bash -n ok {s['bash_n_ok']}/{s['files']}"
         lines.append(line)
+    train = manifest["splits"]["train"]
+    if train.get("maintainer_scripts") or train.get("boilerplate_bytes_removed"):
+        lines.append(f"  of the training scripts {train['maintainer_scripts']} are Debian maintainer scripts; "
+                     f"{train['boilerplate_bytes_removed'] / 1e3:.0f} kB of generated blocks (debhelper's) were cut "
+                     f"out of them")
     skipped = ", ".join(f"{k} {v}" for k, v in manifest["skipped"].items() if v)
     lines.append(f"  looked at {manifest['files_seen']} files; skipped: {skipped or 'none'}")
     for kind, c in manifest.get("pairs", {}).items():

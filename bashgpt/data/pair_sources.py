@@ -96,8 +96,9 @@ def cheat_pairs(sheet: str) -> list[str]:
             comments.append(line.lstrip("#").strip())
         elif line.strip():
             code.append(line)
-        elif code:
-            flush()
+        else:  # a blank line ends the example (a comment with no command under it is a note)
+            if code:
+                flush()
             comments, code = [], []
     return out
 
@@ -114,16 +115,18 @@ def eg_pairs(page: str, program: str) -> list[str]:
         if desc and command:
             out.append(pair_text(desc, command))
 
+    gap = False  # a blank line since the last line of prose: the next one starts a new paragraph
     for line in page.splitlines() + [""]:
         if line.startswith("    ") and line.strip():
             block.append(line[4:])
         elif not line.strip():
-            continue
+            gap = True
         else:
             if block:
                 flush()
                 para, block = [], []
-            para = [] if line.startswith("#") else para + [line.strip()]
+            para = [] if line.startswith("#") else ([] if gap else para) + [line.strip()]
+            gap = False
     if block:
         flush()
     return out

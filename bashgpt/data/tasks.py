@@ -11,6 +11,7 @@ plausible bash on any subject scores it; the ceiling is the set's own real scrip
 """
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,12 +119,55 @@ def on_task(completion: str, commands: tuple[str, ...]) -> bool:
     return any(command_pattern(c).search(code) for c in commands)
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a share ``hits / n`` (honest at 0 and at small n)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p, z2 = hits / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3))
+
+
+def names_its_command(task: Task) -> bool:
+    """Whether the task's description itself names a command it needs ('a dated tar archive'): copying a word of
+    the prompt is enough to be on task there."""
+    description = " ".join(line for line in task.prompt.splitlines() if line.startswith("#") and not line.startswith("#!"))
+    return any(command_pattern(c).search(description) for c in task.commands)
+
+
+def share(hits: int, n: int) -> dict:
+    return {"share": round(hits / max(n, 1), 3), "interval_95": wilson_interval(hits, n), "samples": n}
+
+
 def relevance_rates(completions: list[str], tasks: list[Task]) -> dict:
-    """On-task and no-command shares of completions, the i-th written for ``tasks[i]``."""
+    """On-task and no-command shares of completions, the i-th written for ``tasks[i]``: the on-task share with its
+    95% interval, apart for the tasks whose description names a command they need, and the same samples held
+    against every other task (``own_chance``: what writing the same thing whatever the task would score)."""
     n = max(len(completions), 1)
-    return {"samples": len(completions),
-            "on_task": round(sum(on_task(c, t.commands) for c, t in zip(completions, tasks, strict=True)) / n, 3),
+    hits = [on_task(c, t.commands) for c, t in zip(completions, tasks, strict=True)]
+    named = [names_its_command(t) for t in tasks]
+    return {"samples": len(completions), "on_task": round(sum(hits) / n, 3),
+            "on_task_interval_95": wilson_interval(sum(hits), len(completions)),
+            "named_in_task": share(sum(h for h, m in zip(hits, named, strict=True) if m), sum(named)),
+            "not_named_in_task": share(sum(h for h, m in zip(hits, named, strict=True) if not m),
+                                       len(named) - sum(named)),
+            "own_chance": own_samples_chance(completions, tasks),
             "no_command": round(sum(not has_command(c) for c in completions) / n, 3)}
+
+
+def own_samples_chance(completions: list[str], tasks: list[Task]) -> float:
+    """The on-task share of every sample held against each task it was not written for (tasks with the same
+    commands as its own left out): as high as the real share when what the model writes does not depend on the
+    task."""
+    hits = pairs = 0
+    for completion, own in zip(completions, tasks, strict=True):
+        code = "\n".join(code_lines(completion))
+        used = {c for c in {c for t in tasks for c in t.commands} if command_pattern(c).search(code)}
+        for task in {t.name: t for t in tasks}.values():
+            if task.commands != own.commands:
+                pairs += 1
+                hits += bool(used & set(task.commands))
+    return round(hits / max(pairs, 1), 3)
 
 
 def chance_level(scripts: list[str], tasks: list[Task], own: list[int | None] | None = None) -> float:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data.nl2sh import Nl2shTask, nl2sh_scores
 from ..data.packing import pack_dataset
-from ..data.tasks import Task, chance_level, has_command, reference_scores, relevance_rates
+from ..data.tasks import Task, chance_level, has_command, on_task, reference_scores, relevance_rates
 from ..data.tokenization import encode_batch
 from ..errors import UserError
 from ..sampling import SamplingOptions
@@ -145,8 +145,25 @@ def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: lis
     result["shellcheck"] = "available" if shellcheck_binary() else (
         "not installed: pip install 'bashgpt[shellcheck]' (or apt/brew install shellcheck) for ShellCheck rates")
     # one guarded sample of each first prompt, the first of its samples that does something
-    result["examples"] = [{"prompt": s.prompt, "completion": s.completion} for s in shown_samples(samples["guarded"])][:3]
+    result["examples"] = [example(s, tasks) for s in shown_samples(samples["guarded"])][:3]
     return result
+
+
+def example(sample, tasks: list[Task] | None) -> dict:
+    """A sample to show, with its task's verdict when it was written for one."""
+    shown = {"prompt": sample.prompt, "completion": sample.completion}
+    task = next((t for t in tasks or () if t.prompt == sample.prompt), None)
+    if task:
+        shown.update(task=task.name, needs=list(task.commands), on_task=on_task(sample.completion, task.commands))
+    return shown
+
+
+def task_verdict(shown: dict) -> str | None:
+    """'task: on task (uses one of tar)' or 'task: OFF TASK (uses none of find, rm)', for a shown sample."""
+    if "on_task" not in shown:
+        return None
+    needs = ", ".join(shown["needs"])
+    return f"task: on task (uses one of {needs})" if shown["on_task"] else f"task: OFF TASK (uses none of {needs})"
 
 
 def shown_samples(samples: list) -> list:
@@ -197,14 +214,7 @@ def format_table(result: dict) -> str:
     lines.append("  (guarded: each line checked as it is written, see `bashgpt generate --help`; a guarded script cut "
                  "back to its prompt counts as not parsing)")
     if "relevance" in result:
-        rel = result["relevance"]
-        lines += ["", "Task relevance                   raw model  guarded  scripts for the tasks  chance",
-                  f"  {'uses a command the task needs':<30} {_fmt(rel['raw']['on_task']):>8} "
-                  f"{_fmt(rel['guarded']['on_task']):>8} {_fmt(rel['reference']['on_task']):>14} "
-                  f"{_fmt(rel['chance']['on_task']):>13}",
-                  f"  {'writes no command at all':<30} {_fmt(rel['raw']['no_command']):>8} "
-                  f"{_fmt(rel['guarded']['no_command']):>8}",
-                  f"  (chance: {rel['chance']['from']}; tasks and their commands: bashgpt/data/tasks.txt)"]
+        lines += relevance_lines(result["relevance"])
     if "nl2sh" in result:
         n = result["nl2sh"]
         lines += ["", f"NL2SH-ALFA ({n['tasks']} tasks, one guarded sample each; never run)",
@@ -214,6 +224,29 @@ def format_table(result: dict) -> str:
     if result["shellcheck"] != "available":
         lines.append(f"  (ShellCheck {result['shellcheck']})")
     return "\n".join(lines)
+
+
+def interval(rates: dict) -> str:
+    lo, hi = rates.get("on_task_interval_95", (None, None))
+    return "" if lo is None else f"[{lo:.2f}-{hi:.2f}]"
+
+
+def relevance_lines(rel: dict) -> list[str]:
+    raw, guarded = rel["raw"], rel["guarded"]
+    lines = ["", f"Task relevance ({guarded['samples']} guarded samples)  raw model  guarded  scripts for the tasks  "
+                 f"chance",
+             f"  {'uses a command the task needs':<30} {_fmt(raw['on_task']):>8} {_fmt(guarded['on_task']):>8} "
+             f"{_fmt(rel['reference']['on_task']):>14} {_fmt(rel['chance']['on_task']):>13}",
+             f"  {'  95% interval':<30} {interval(raw):>11} {interval(guarded):>11}"]
+    if "own_chance" in guarded:
+        lines += [f"  {'  same samples, other tasks':<30} {_fmt(raw['own_chance']):>8} "
+                  f"{_fmt(guarded['own_chance']):>8}   (as high as the line above: the task did not matter)"]
+        for key, label in (("named_in_task", "  task names the command"), ("not_named_in_task", "  task does not")):
+            lines.append(f"  {label:<30} {_fmt(raw[key]['share']):>8} {_fmt(guarded[key]['share']):>8}   "
+                         f"({guarded[key]['samples']} samples)")
+    lines += [f"  {'writes no command at all':<30} {_fmt(raw['no_command']):>8} {_fmt(guarded['no_command']):>8}",
+              f"  (chance: {rel['chance']['from']}; tasks and their commands: bashgpt/data/tasks.txt)"]
+    return lines
 
 
 def card_section(result: dict) -> str:
