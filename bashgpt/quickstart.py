@@ -52,6 +52,7 @@ class QuickstartPlan:
     # description-and-command pairs in the prompt's shape (pair_sources.py): what teaches which command a task calls
     # for; tldr and nl2sh-alfa are skipped with one line where GitHub and the Hub do not answer
     pairs: tuple = ("man", "cheat", "eg", "tldr", "nl2sh-alfa")
+    pair_share: float | None = 0.5  # share of stage 2's bash tokens that are pairs (each repeated to make it up)
     english_replay: float = 0.2  # share of stage 2's training tokens that are stage 1's English, so the model keeps
     # the language its prompts are written in
     eval_prompts: int | None = None  # the first this many tasks of tasks.txt (None: all 74), one sample each: more
@@ -130,10 +131,23 @@ def without_licence_header(text: str) -> str:
     return text
 
 
+def with_pair_share(rows: list[dict], lengths: list[int], share: float) -> list[dict]:
+    """``rows`` with their pairs repeated so that pairs make up about ``share`` of the tokens (never fewer than
+    once each): a pair is a few dozen tokens beside scripts of hundreds, so it would otherwise be a small part."""
+    is_pair = [r.get("source", "").startswith("pair:") for r in rows]
+    pair_tokens = sum(n for n, p in zip(lengths, is_pair, strict=True) if p)
+    other_tokens = sum(lengths) - pair_tokens
+    if not pair_tokens or not other_tokens:
+        return rows
+    times = max(1, round(share * other_tokens / ((1 - share) * pair_tokens)))
+    return rows + [r for r, p in zip(rows, is_pair, strict=True) if p] * (times - 1)
+
+
 def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, strip_licences: bool = True,
-                  shebang_only: bool = False) -> Path:
+                  shebang_only: bool = False, pair_share: float | None = None) -> Path:
     """A copy of ``corpus`` with only the scripts of at most ``max_tokens`` tokens: whole scripts, each
-    followed by end of text, which is what a model trained for minutes needs to see to learn to finish."""
+    followed by end of text, which is what a model trained for minutes needs to see to learn to finish; with
+    ``pair_share``, the training pairs repeated to make up that share of the tokens."""
     out.mkdir(parents=True, exist_ok=True)
     kept = {}
     for split in ("train", "validation"):
@@ -144,11 +158,14 @@ def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, strip_lic
             rows = [{**r, "text": without_licence_header(r["text"])} for r in rows]
         lengths = [len(ids) for ids in encode_batch(tokenizer, [r["text"] for r in rows])]
         short = [r for r, n in zip(rows, lengths, strict=True) if n <= max_tokens]
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short))
         kept[split] = (len(short), len(rows), sum(r.get("source", "").startswith("pair:") for r in short))
-    print(f"   stage 2 trains on the {kept['train'][0]:,} of {kept['train'][1]:,} scripts and pairs that are at most "
-          f"{max_tokens} tokens long ({kept['train'][2]:,} of them pairs; validation {kept['validation'][0]} of "
-          f"{kept['validation'][1]})", flush=True)
+        if pair_share and split == "train":
+            short = with_pair_share(short, [n for n in lengths if n <= max_tokens], pair_share)
+        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short))
+    print(f"   stage 2 trains on {kept['train'][0]:,} scripts and pairs of at most {max_tokens} tokens, of the "
+          f"{kept['train'][1]:,} collected ({kept['train'][2]:,} of them pairs, each repeated to make up "
+          f"{pair_share or 0:.0%} of the tokens; validation {kept['validation'][0]} of {kept['validation'][1]})",
+          flush=True)
     return out
 
 
@@ -168,7 +185,7 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
     say("Collecting shell scripts for stage 2 (read and parsed only, never run)")
     corpus = collect_bash(plan, tokenizer)
     stage2_data = short_scripts(corpus, out / "bash-short", tokenizer, plan.max_script_tokens, plan.strip_licences,
-                                plan.shebang_only) \
+                                plan.shebang_only, plan.pair_share) \
         if plan.max_script_tokens else corpus
     if plan.vocab_size:
         say(f"Training its own BPE tokenizer ({plan.vocab_size:,} tokens) on the English and the bash it will learn")
