@@ -80,6 +80,8 @@ def cmd_generate(args):
         raise UserError("the prompt is empty; pass --prompt TEXT (e.g. '#!/bin/bash') or a non-empty --prompt-file")
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
+    if args.examples:
+        prompt = prompt_with_examples(prompt, args)
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.trust_remote_code)
     sampling = SamplingOptions.from_args(args)
     if args.no_guard and args.num_samples == 1 and not args.json:  # raw, one sample: stream it as it comes
@@ -107,23 +109,66 @@ def cmd_generate(args):
             print("\n".join(check_report(sample.script)))
 
 
+def example_index(args):
+    """The pairs --examples retrieves from: --pairs, else the corpus the model was fine-tuned on."""
+    from .inference.examples import PairIndex
+    from .model_folder import trained_on
+
+    if args.examples < 0:
+        raise UserError(f"--examples must be 0 or more, got {args.examples}")
+    folder = args.pairs or trained_on(args.model_dir, "code")
+    if not folder:
+        raise UserError("--examples needs pairs to retrieve from and this model does not say what it was fine-tuned "
+                        "on; pass --pairs a 'bashgpt collect --pairs ...' folder")
+    return PairIndex.from_corpus(folder)
+
+
+def prompt_with_examples(prompt: str, args) -> str:
+    from .data.tasks import task_statement
+    from .inference.examples import with_examples
+
+    return with_examples(prompt, example_index(args).closest(task_statement(prompt), args.examples))
+
+
+def with_retrieved_examples(prompts: list, args) -> list:
+    """Tasks (or plain prompts) with the --examples closest pairs above each task."""
+    from dataclasses import replace
+
+    from .data.tasks import Task, task_statement
+    from .inference.examples import with_examples
+
+    index = example_index(args)
+
+    def one(prompt: str) -> str:
+        return with_examples(prompt, index.closest(task_statement(prompt), args.examples))
+
+    return [replace(p, prompt=one(p.prompt)) if isinstance(p, Task) else one(p) for p in prompts]
+
+
+def add_example_flags(p) -> None:
+    p.add_argument("--examples", type=int, default=0, metavar="K",
+                   help="write the K description-and-command pairs closest to the prompt's task (BM25) above it, as "
+                        "commented examples (default 0: none)")
+    p.add_argument("--pairs", metavar="DIR", help="the 'bashgpt collect --pairs' folder --examples retrieves from "
+                                                 "(default: the corpus the model was fine-tuned on)")
+
+
 def cmd_eval(args):
     deadline = time.monotonic() + args.time_limit * 60 if args.time_limit else None
     from .data.corpus import load_corpus
     from .data.nl2sh import load_nl2sh
     from .data.tasks import TASKS_FILE, load_tasks
     from .inference.evaluate import add_to_model_card, evaluate, evaluate_nl2sh, format_table, load_prompts, save_json
-    from .model_folder import check_model_folder
+    from .model_folder import check_model_folder, trained_on
     from .sampling import SamplingOptions
-    from .training.train import corpus_of
 
     prompts = load_prompts(Path(args.prompts)) if args.prompts else load_tasks(Path(args.tasks or TASKS_FILE))
+    if args.examples:
+        prompts = with_retrieved_examples(prompts, args)
     nl2sh_tasks = load_nl2sh()[:args.nl2sh_tasks] if args.nl2sh else None
     model_dir = Path(args.model_dir) if args.trust_remote_code else check_model_folder(args.model_dir)
-    lineage_file = model_dir / "bashgpt_training.json"
-    lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
-    language = args.language_data or corpus_of(lineage, "language")
-    code = args.code_data or corpus_of(lineage, "code")
+    language = args.language_data or trained_on(model_dir, "language")
+    code = args.code_data or trained_on(model_dir, "code")
     if not language and not code:
         raise UserError("cannot tell what data this model was trained on; pass --language-data and/or --code-data")
     model, tokenizer = load_for_inference(str(model_dir), args.device, args.trust_remote_code)
@@ -134,7 +179,7 @@ def cmd_eval(args):
                       max_blocks=args.max_blocks, seed=args.seed, deadline=deadline)
     if nl2sh_tasks:
         result["nl2sh"] = evaluate_nl2sh(model, tokenizer, nl2sh_tasks, SamplingOptions.from_args(args), seed=args.seed)
-    result["data"] = {"language": language, "code": code}
+    result["data"] = {"language": language, "code": code, "examples_in_prompt": args.examples}
     print(format_table(result))
     out = Path(args.out) if args.out else model_dir / "eval.json"
     save_json(out, result)
@@ -275,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="run bash -n and ShellCheck on each sample (never executes it)")
     p.add_argument("--json", action="store_true", help="print one JSON object per sample instead of streaming: text "
                    "(prompt included), ended (end of text was generated), parses (bash -n), shellcheck counts")
+    add_example_flags(p)
     add_sampling_arguments(p, None)
     p.set_defaults(func=cmd_generate)
 
@@ -296,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start no prompt that would end past this many minutes from the command's start (the "
                         "result says how many prompts were done; default: no limit)")
     p.add_argument("--out", help="JSON output (default MODEL_DIR/eval.json)")
+    add_example_flags(p)
     add_sampling_arguments(p, 200)
     p.set_defaults(func=cmd_eval)
 

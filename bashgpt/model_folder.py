@@ -143,3 +143,15 @@ def load_model_and_tokenizer(path: str | Path, dtype=None):
         raise UserError(f"the tokenizer in {path} has {len(tokenizer)} tokens but the model only {vocab}; "
                         f"they do not belong together: use the tokenizer the model was trained with")
     return load_model(path, dtype=dtype), tokenizer
+
+
+def trained_on(model_dir: str | Path, stage: str) -> str | None:
+    """The dataset a model (or the model it was trained from) was trained on at ``stage`` ("language" or "code"),
+    from the lineage training writes into its folders; None when the folder does not say."""
+    lineage_file = Path(model_dir) / "bashgpt_training.json"
+    lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
+    while lineage:
+        if lineage.get("stage") == stage:
+            return lineage.get("dataset")
+        lineage = lineage.get("parent")
+    return None

@@ -131,8 +131,20 @@ def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def names_its_command(task: Task) -> bool:
     """Whether the task's description itself names a command it needs ('a dated tar archive'): copying a word of
     the prompt is enough to be on task there."""
-    description = " ".join(line for line in task.prompt.splitlines() if line.startswith("#") and not line.startswith("#!"))
-    return any(command_pattern(c).search(description) for c in task.commands)
+    return any(command_pattern(c).search(task_statement(task.prompt)) for c in task.commands)
+
+
+def task_statement(prompt: str) -> str:
+    """The task a prompt states: its last run of comment lines (retrieved examples may stand above it)."""
+    runs, current = [], []
+    for line in prompt.splitlines():
+        if line.startswith("#") and not line.startswith("#!"):
+            current.append(line.lstrip("# "))
+        elif current:
+            runs.append(current)
+            current = []
+    runs += [current] if current else []
+    return " ".join(runs[-1]) if runs else ""
 
 
 def share(hits: int, n: int) -> dict:

@@ -215,6 +215,9 @@ def format_table(result: dict) -> str:
                  "back to its prompt counts as not parsing)")
     if "relevance" in result:
         lines += relevance_lines(result["relevance"])
+        if result.get("data", {}).get("examples_in_prompt"):
+            lines.append(f"  (each prompt had the {result['data']['examples_in_prompt']} closest pairs written above "
+                         f"its task, --examples: not comparable with relevance without them)")
     if "nl2sh" in result:
         n = result["nl2sh"]
         lines += ["", f"NL2SH-ALFA ({n['tasks']} tasks, one guarded sample each; never run)",

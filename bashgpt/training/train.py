@@ -596,15 +596,6 @@ def training_lineage(opts: TrainOptions, ckpt_path: Path | None) -> dict:
     return {"stage": opts.stage, "dataset": opts.dataset, "seq_len": opts.seq_len, "seed": opts.seed, "parent": parent}
 
 
-def corpus_of(lineage: dict | None, stage: str) -> str | None:
-    """The dataset a model (or its ancestors) was trained on at ``stage``."""
-    while lineage:
-        if lineage.get("stage") == stage:
-            return lineage.get("dataset")
-        lineage = lineage.get("parent")
-    return None
-
-
 def train_guarded(trainer, stopper: GracefulStop, resume_from: str | None, out: Path) -> None:
     """``trainer.train`` with signals handled and disk/memory failures turned into one clear line."""
     stopper.install()
