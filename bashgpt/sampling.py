@@ -17,7 +17,8 @@ DEFAULTS = {"max_new_tokens": 256, "temperature": 0.8, "top_p": 0.95, "top_k": 5
 
 def default_generation_config(tokenizer) -> GenerationConfig:
     """What a model bashgpt trains carries as ``generation_config.json``."""
-    return GenerationConfig(do_sample=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    return GenerationConfig(do_sample=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id,
                             **DEFAULTS)
 
 

@@ -1,6 +1,8 @@
 """Training: the two stages, NaN skipping, loss clamping, abort, resume, stage-2 checkpoints."""
 
+import io
 import json
+import logging
 import math
 import os
 import re
@@ -49,7 +51,22 @@ def options(tmp_path, **kw) -> TrainOptions:
     return TrainOptions(**base)
 
 
-def test_stage1_then_stage2_from_its_checkpoint(tmp_path):
+@pytest.fixture
+def transformers_log():
+    """What Transformers logs (warnings and up) while the test runs: a warning about our code is a failure."""
+    from transformers.utils import logging as hf_logging
+
+    stream, root = io.StringIO(), hf_logging.get_logger()
+    handler, level = logging.StreamHandler(stream), root.level
+    handler.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    hf_logging.set_verbosity_warning()
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_stage1_then_stage2_from_its_checkpoint(tmp_path, transformers_log):
     s1 = run_training(options(tmp_path))
     assert s1["step"] == 6 and len(s1["eval_losses"]) == 2  # validated at the end of each epoch
     best = Path(s1["best"])
@@ -69,10 +86,13 @@ def test_stage1_then_stage2_from_its_checkpoint(tmp_path):
     assert pipeline("text-generation", model=str(best))("Once", max_new_tokens=3, do_sample=False)
 
     s2 = run_training(options(tmp_path, stage="code", model_size=None, checkpoint=str(tmp_path / "run"),
-                              dataset=str(write_corpus(tmp_path / "bash", "bash")), output_dir=str(tmp_path / "run2")))
+                              dataset=str(write_corpus(tmp_path / "bash", "bash")), output_dir=str(tmp_path / "run2"),
+                              replay=str(tmp_path / "english"), replay_share=0.25))
     assert s2["step"] == 6
     card = (Path(s2["best"]) / "README.md").read_text()
     assert "code stage" in card and str(best) in card
+    assert "(of them 25% " in (tmp_path / "run2" / "train.log").read_text()  # English replayed in stage 2
+    assert transformers_log.getvalue() == ""  # (Trainer once aligned a bos_token_id our generation config lacked)
 
 
 def test_a_new_model_takes_its_vocabulary_from_the_tokenizer(tmp_path, small_tokenizer):
