@@ -1,17 +1,22 @@
-"""What description-and-code pairs (`bashgpt collect --pairs`) do to the quickstart's model: task relevance, parse
-rate, end of text and held-out bits per byte, one quickstart per kind of pair, on the same collected corpus.
+"""What description-and-command pairs and English replay do to the quickstart's model: task relevance (with its 95%
+interval and the same samples held against the other tasks), parse rate, end of text, held-out bits per byte of bash
+and English, one quickstart per variant, on the same collected corpus.
 
-    bashgpt collect system debian: --out /tmp/c-pairs --pairs comment,header,man
-    python bench/pairs.py --corpus /tmp/c-pairs [--minutes 8.5]
+    bashgpt collect system debian: --out /tmp/c-pairs --pairs man,cheat,eg
+    python bench/pairs.py --corpus /tmp/c-pairs [--minutes 8.5] [--only NAME ...] [--examples 3]
 
 Each variant is the corpus's training split with some kinds of pair left out (the validation split, scripts only,
-is the same for all); the real quickstart (`run_quickstart`) trains on it for --minutes (collection skipped: it is the
-same for all) and evaluates as it always does: every task of bashgpt/data/tasks.txt, one raw and one guarded
-sample each, until its clock runs out. Writes bench/pairs.md and bench/pairs.json with the CPU named.
+is the same for all), and the quickstart's pair share and English replay set; the real quickstart
+(`run_quickstart`) trains on it for --minutes (collection skipped: it is the same for all) and evaluates as it always
+does: every task of bashgpt/data/tasks.txt, one raw and one guarded sample each, until its clock runs out. With
+--examples K, each model is evaluated again with the K closest pairs above each task (reported apart). Rows are
+added to bench/pairs.json (a row of the same variant and minutes is replaced) and bench/pairs.md is rewritten from
+all of them, with the CPU named.
 """
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -20,11 +25,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import cpu_description  # noqa: E402
 
-VARIANTS = {  # name: the kinds of pair kept in the training split
-    "scripts only (no pairs)": (),
-    "+ comment and header pairs": ("comment", "header"),
-    "+ man-page example pairs": ("man",),
-    "+ all three": ("comment", "header", "man"),
+PUBLISHED = ("man", "cheat", "eg", "tldr", "nl2sh-alfa")
+VARIANTS = {  # name: (kinds of pair kept, QuickstartPlan.pair_share, QuickstartPlan.english_replay)
+    "scripts only": ((), None, 0.0),
+    "+ pairs, each once": (PUBLISHED, None, 0.0),
+    "+ pairs at 50% of bash tokens": (PUBLISHED, 0.5, 0.0),
+    "+ pairs at 50%, English replay 20%": (PUBLISHED, 0.5, 0.2),
+    "scripts, English replay 20%": ((), None, 0.2),
 }
 
 
@@ -41,23 +48,58 @@ def variant_corpus(corpus: Path, kinds: tuple[str, ...], out: Path) -> Path:
     return out
 
 
-def run_variant(name: str, kinds: tuple[str, ...], corpus: Path, minutes: float, work: Path) -> dict:
+def with_examples(model: Path, corpus: Path, k: int, out: Path) -> dict:
+    from bashgpt.cli import main
+
+    main(["eval", str(model), "--examples", str(k), "--pairs", str(corpus), "--samples-per-prompt", "1",
+          "--max-blocks", "8", "--out", str(out), "--device", "cpu"])
+    return json.loads(out.read_text())["relevance"]["guarded"]
+
+
+def run_variant(name: str, corpus: Path, minutes: float, work: Path, examples: int) -> dict:
     import bashgpt.quickstart as qs
 
-    out = work / f"variant-{'-'.join(kinds) or 'none'}"
+    kinds, pair_share, replay = VARIANTS[name]
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    out = work / f"{slug}-{minutes:g}"
     shutil.rmtree(out, ignore_errors=True)
-    data = variant_corpus(corpus, kinds, work / f"corpus-{'-'.join(kinds) or 'none'}")
+    data = variant_corpus(corpus, kinds, work / f"corpus-{slug}")
     qs.collect_bash = lambda plan, tokenizer: data
-    summary = qs.run_quickstart(qs.QuickstartPlan(out=out, minutes=minutes), device="cpu")
+    plan = qs.QuickstartPlan(out=out, minutes=minutes, pair_share=pair_share, english_replay=replay)
+    summary = qs.run_quickstart(plan, device="cpu")
     result = json.loads((out / "eval.json").read_text())
-    rel = result["relevance"]
+    rel, english = result["relevance"], result["heldout"]["language"]
+    vocab = json.loads((out / "stage2" / "best" / "config.json").read_text())["vocab_size"]
     log = [json.loads(line) for line in (out / "stage2" / "log.jsonl").read_text().splitlines()]
-    return {"variant": name, "pairs": list(kinds), "minutes": summary["minutes"], "stage2_steps": log[-1]["step"],
-            "prompts_done": result.get("prompts_done", "all"), "tasks_sampled": rel["guarded"]["samples"],
-            "guarded_on_task": rel["guarded"]["on_task"], "raw_on_task": rel["raw"]["on_task"],
-            "guarded_no_command": rel["guarded"]["no_command"], "chance": rel["chance"]["on_task"],
-            "guarded_parse": result["guarded"]["parse_rate"], "guarded_eos": result["guarded"]["eos_rate"],
-            "code_bits_per_byte": result["heldout"]["code"]["bits_per_byte"]}
+    row = {"variant": name, "minutes_budget": minutes, "minutes": summary["minutes"], "stage2_steps": log[-1]["step"],
+           "tasks_sampled": rel["guarded"]["samples"], "guarded_on_task": rel["guarded"]["on_task"],
+           "guarded_interval": rel["guarded"]["on_task_interval_95"], "own_chance": rel["guarded"]["own_chance"],
+           "raw_on_task": rel["raw"]["on_task"], "chance": rel["chance"]["on_task"],
+           "guarded_no_command": rel["guarded"]["no_command"], "guarded_parse": result["guarded"]["parse_rate"],
+           "guarded_eos": result["guarded"]["eos_rate"], "code_bits_per_byte": result["heldout"]["code"]["bits_per_byte"],
+           "english_bits_per_byte": english["bits_per_byte"],
+           "english_nats_below_uniform": round(math.log(vocab) - english["loss"], 2)}
+    if examples:
+        ex = with_examples(out / "stage2" / "best", data, examples, out / "eval-examples.json")
+        row.update(examples=examples, examples_on_task=ex["on_task"], examples_interval=ex["on_task_interval_95"])
+    return row
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| training split | minutes | stage-2 steps | on task, guarded [95%] | same samples, other tasks | "
+             "chance (real scripts) | on task, raw | no command, guarded | guarded parse | guarded end of text | "
+             "held-out bash bits/byte | English bits/byte | English nats below uniform | with examples, guarded |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["guarded_interval"]
+        ex = (f"{r['examples_on_task']:.0%} [{r['examples_interval'][0]:.0%}-{r['examples_interval'][1]:.0%}] "
+              f"(K={r['examples']})" if "examples" in r else "")
+        lines.append(f"| {r['variant']} | {r['minutes_budget']:g} | {r['stage2_steps']} | "
+                     f"**{r['guarded_on_task']:.0%}** [{lo:.0%}-{hi:.0%}] | {r['own_chance']:.0%} | {r['chance']:.0%} | "
+                     f"{r['raw_on_task']:.0%} | {r['guarded_no_command']:.0%} | {r['guarded_parse']:.0%} | "
+                     f"{r['guarded_eos']:.0%} | {r['code_bits_per_byte']:.3f} | {r['english_bits_per_byte']:.3f} | "
+                     f"{r['english_nats_below_uniform']:.2f} | {ex} |")
+    return lines
 
 
 def main() -> None:
@@ -67,28 +109,25 @@ def main() -> None:
                         "minus the time collecting takes)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bashgpt-bench-pairs"))
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run these variants only")
+    parser.add_argument("--examples", type=int, default=0, metavar="K", help="also evaluate with K retrieved examples")
     args = parser.parse_args()
     manifest = json.loads((args.corpus / "manifest.json").read_text())
-    rows = []
-    for name, kinds in VARIANTS.items():
-        if args.only and name not in args.only:
-            continue
-        rows.append(run_variant(name, kinds, args.corpus, args.minutes, args.work))
-        print(json.dumps(rows[-1]), flush=True)
-        (HERE / "pairs.json").write_text(json.dumps({"cpu": cpu_description(), "pairs": manifest.get("pairs"),
-                                                      "rows": rows}, indent=2) + "\n")
-    lines = ["# Description-and-code pairs: what each kind does to the quickstart's model", "",
-             f"`python bench/pairs.py --corpus {args.corpus} --minutes {args.minutes:g}` on {cpu_description()}. "
-             f"Corpus: `bashgpt collect system debian: --pairs comment,header,man`: "
-             f"{manifest['splits']['train']['files'] - manifest['splits']['train']['pairs']} training scripts, "
-             + ", ".join(f"{k} {v['kept']}" for k, v in manifest["pairs"].items() if isinstance(v, dict))
-             + " pairs; the validation split (scripts only) is the same for every variant.", "",
-             "| training split | stage-2 steps | tasks sampled | on task, guarded | on task, raw | chance | "
-             "no command, guarded | guarded parse | guarded end of text | held-out code bits/byte |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['variant']} | {r['stage2_steps']} | {r['tasks_sampled']} | **{r['guarded_on_task']:.0%}** | "
-              f"{r['raw_on_task']:.0%} | {r['chance']:.0%} | {r['guarded_no_command']:.0%} | {r['guarded_parse']:.0%} | "
-              f"{r['guarded_eos']:.0%} | {r['code_bits_per_byte']:.3f} |" for r in rows]
+    saved = HERE / "pairs.json"
+    rows = json.loads(saved.read_text())["rows"] if saved.is_file() else []
+    for name in args.only or VARIANTS:
+        row = run_variant(name, args.corpus, args.minutes, args.work, args.examples)
+        rows = [r for r in rows if (r.get("variant"), r.get("minutes_budget")) != (name, args.minutes)] + [row]
+        print(json.dumps(row), flush=True)
+        saved.write_text(json.dumps({"cpu": cpu_description(), "pairs": manifest.get("pairs"), "rows": rows},
+                                    indent=2) + "\n")
+    train = manifest["splits"]["train"]
+    lines = ["# Pairs and English replay: what each does to the quickstart's model", "",
+             f"`python bench/pairs.py --corpus {args.corpus} --minutes M` on {cpu_description()}. Corpus: "
+             f"`bashgpt collect system debian: --pairs man,cheat,eg`: {train['files'] - train['pairs']} training "
+             f"scripts, " + ", ".join(f"{k} {v['kept']}" for k, v in manifest["pairs"].items() if isinstance(v, dict))
+             + " pairs; the validation split (scripts only) is the same for every variant. Each row is one "
+               "quickstart: every task once, so each relevance figure is one sample a task, with its 95% interval.",
+             "", *table([r for r in rows if "guarded_interval" in r])]
     (HERE / "pairs.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
