@@ -36,3 +36,17 @@ def small_tokenizer():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def nano_dir(tmp_path_factory):
+    """A saved, untrained nano model folder with the shipped tokenizer (for generate and eval)."""
+    from bashgpt import BashGPTConfig, BashGPTForCausalLM
+    from bashgpt.data.tokenization import default_tokenizer_dir
+    from bashgpt.model_folder import load_tokenizer, save_model_folder
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(default_tokenizer_dir())
+    cfg = BashGPTConfig.from_preset("nano", max_position_embeddings=128, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id)
+    return save_model_folder(BashGPTForCausalLM(cfg), tok, tmp_path_factory.mktemp("m") / "best")

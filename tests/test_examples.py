@@ -3,15 +3,11 @@
 import json
 
 import pytest
-import torch
 
-from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
 from bashgpt.data.tasks import Task, names_its_command, task_statement
-from bashgpt.data.tokenization import default_tokenizer_dir
 from bashgpt.errors import UserError
 from bashgpt.inference.examples import PairIndex, split_pair, with_examples
-from bashgpt.model_folder import load_tokenizer, save_model_folder
 
 PAIRS = {
     "Display free disk space of all file systems.": "df -a",
@@ -58,15 +54,6 @@ def test_a_corpus_without_pairs_is_one_line(tmp_path):
         PairIndex.from_corpus(folder)
     with pytest.raises(UserError, match="cannot read the pairs in"):
         PairIndex.from_corpus(tmp_path / "missing")
-
-
-@pytest.fixture(scope="module")
-def nano_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = load_tokenizer(default_tokenizer_dir())
-    cfg = BashGPTConfig.from_preset("nano", max_position_embeddings=128, eos_token_id=tok.eos_token_id,
-                                    pad_token_id=tok.pad_token_id)
-    return save_model_folder(BashGPTForCausalLM(cfg), tok, tmp_path_factory.mktemp("m") / "best")
 
 
 def test_generate_with_examples_shows_them_in_the_script(nano_dir, tmp_path, capsys):

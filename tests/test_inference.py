@@ -10,27 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from bashgpt import BashGPTConfig, BashGPTForCausalLM
 from bashgpt.cli import main
 from bashgpt.data.tokenization import default_tokenizer_dir
 from bashgpt.errors import UserError
 from bashgpt.inference.evaluate import distinct_n, script_quality
 from bashgpt.inference.generate import check_report, generate
-from bashgpt.model_folder import load_model_and_tokenizer, load_tokenizer, save_model_folder
+from bashgpt.model_folder import load_model_and_tokenizer, load_tokenizer
 from bashgpt.sampling import DEFAULTS, SamplingOptions, default_generation_config
 from bashgpt.shellcheck import bash_parse, shellcheck, shellcheck_binary
 
 GOOD = "#!/bin/bash\nfor f in *.txt; do\n  echo \"$f\"\ndone\n"
 BAD = "#!/bin/bash\nif [ -f x ]; then\n  echo yes\n"  # missing fi
-
-
-@pytest.fixture(scope="module")
-def nano_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = load_tokenizer(default_tokenizer_dir())
-    cfg = BashGPTConfig.from_preset("nano", max_position_embeddings=128, eos_token_id=tok.eos_token_id,
-                                    pad_token_id=tok.pad_token_id)
-    return save_model_folder(BashGPTForCausalLM(cfg), tok, tmp_path_factory.mktemp("m") / "best")
 
 
 def test_generate_is_deterministic_with_a_seed(nano_dir):
