@@ -56,17 +56,19 @@ def with_examples(model: Path, corpus: Path, k: int, out: Path) -> dict:
     return json.loads(out.read_text())["relevance"]["guarded"]
 
 
-def run_variant(name: str, corpus: Path, minutes: float, work: Path, examples: int) -> dict:
+def run_variant(name: str, corpus: Path, minutes: float, work: Path, examples: int, reuse: bool) -> dict:
     import bashgpt.quickstart as qs
 
     kinds, pair_share, replay = VARIANTS[name]
     slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
     out = work / f"{slug}-{minutes:g}"
-    shutil.rmtree(out, ignore_errors=True)
-    data = variant_corpus(corpus, kinds, work / f"corpus-{slug}")
-    qs.collect_bash = lambda plan, tokenizer: data
-    plan = qs.QuickstartPlan(out=out, minutes=minutes, pair_share=pair_share, english_replay=replay)
-    summary = qs.run_quickstart(plan, device="cpu")
+    if not (reuse and (out / "summary.json").is_file()):
+        shutil.rmtree(out, ignore_errors=True)
+        data = variant_corpus(corpus, kinds, work / f"corpus-{slug}")
+        qs.collect_bash = lambda plan, tokenizer: data
+        plan = qs.QuickstartPlan(out=out, minutes=minutes, pair_share=pair_share, english_replay=replay)
+        qs.run_quickstart(plan, device="cpu")
+    summary = json.loads((out / "summary.json").read_text())
     result = json.loads((out / "eval.json").read_text())
     rel, english = result["relevance"], result["heldout"]["language"]
     vocab = json.loads((out / "stage2" / "best" / "config.json").read_text())["vocab_size"]
@@ -80,7 +82,7 @@ def run_variant(name: str, corpus: Path, minutes: float, work: Path, examples: i
            "english_bits_per_byte": english["bits_per_byte"],
            "english_nats_below_uniform": round(math.log(vocab) - english["loss"], 2)}
     if examples:
-        ex = with_examples(out / "stage2" / "best", data, examples, out / "eval-examples.json")
+        ex = with_examples(out / "stage2" / "best", corpus, examples, out / "eval-examples.json")  # all pairs
         row.update(examples=examples, examples_on_task=ex["on_task"], examples_interval=ex["on_task_interval_95"])
     return row
 
@@ -109,13 +111,16 @@ def main() -> None:
                         "minus the time collecting takes)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bashgpt-bench-pairs"))
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run these variants only")
-    parser.add_argument("--examples", type=int, default=0, metavar="K", help="also evaluate with K retrieved examples")
+    parser.add_argument("--examples", type=int, default=0, metavar="K", help="also evaluate with K retrieved examples "
+                        "(from all of --corpus's pairs, whatever the variant trained on)")
+    parser.add_argument("--reuse", action="store_true", help="a variant whose quickstart already finished in --work "
+                        "is evaluated again, not retrained")
     args = parser.parse_args()
     manifest = json.loads((args.corpus / "manifest.json").read_text())
     saved = HERE / "pairs.json"
     rows = json.loads(saved.read_text())["rows"] if saved.is_file() else []
     for name in args.only or VARIANTS:
-        row = run_variant(name, args.corpus, args.minutes, args.work, args.examples)
+        row = run_variant(name, args.corpus, args.minutes, args.work, args.examples, args.reuse)
         rows = [r for r in rows if (r.get("variant"), r.get("minutes_budget")) != (name, args.minutes)] + [row]
         print(json.dumps(row), flush=True)
         saved.write_text(json.dumps({"cpu": cpu_description(), "pairs": manifest.get("pairs"), "rows": rows},
