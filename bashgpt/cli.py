@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", default="", metavar="KIND[,KIND]",
                    help=f"add description-and-command pairs in the prompt's shape to the training split: "
                         f"{', '.join(PAIR_KINDS)}. comment/header: cut from the collected scripts; man: the EXAMPLES "
-                        f"of the Debian sources' and (with 'system') this machine's man pages; cheat, eg: PyPI's "
+                        f"of the Debian sources' and (with 'system') this machine's man pages; whatis: their NAME "
+                        f"lines over a command of the program from the other pairs; cheat, eg: PyPI's "
                         f"example collections (fetched with pip); tldr, nl2sh-alfa: online, skipped offline "
                         f"(default: none; bench/pairs.md measures what each does to task relevance)")
     p.set_defaults(func=cmd_collect)

@@ -51,7 +51,7 @@ class QuickstartPlan:
     sources: tuple = ("system",)
     # description-and-command pairs in the prompt's shape (pair_sources.py): what teaches which command a task calls
     # for; tldr and nl2sh-alfa are skipped with one line where GitHub and the Hub do not answer
-    pairs: tuple = ("man", "cheat", "eg", "tldr", "nl2sh-alfa")
+    pairs: tuple = ("man", "whatis", "cheat", "eg", "tldr", "nl2sh-alfa")
     pair_share: float | None = 0.5  # share of stage 2's bash tokens that are pairs (each repeated to make it up)
     english_replay: float = 0.2  # share of stage 2's training tokens that are stage 1's English, so the model keeps
     # the language its prompts are written in

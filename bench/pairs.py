@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import cpu_description  # noqa: E402
 
-PUBLISHED = ("man", "cheat", "eg", "tldr", "nl2sh-alfa")
+PUBLISHED = ("man", "whatis", "cheat", "eg", "tldr", "nl2sh-alfa")
 VARIANTS = {  # name: (kinds of pair kept, QuickstartPlan.pair_share, QuickstartPlan.english_replay)
     "scripts only": ((), None, 0.0),
     "+ pairs, each once": (PUBLISHED, None, 0.0),

@@ -6,7 +6,15 @@ import json
 import pytest
 
 from bashgpt.data.collect import collect
-from bashgpt.data.pairs import Contamination, comment_pairs, description, man_page_pairs, man_pairs
+from bashgpt.data.pairs import (
+    Contamination,
+    comment_pairs,
+    description,
+    man_page_pairs,
+    man_pairs,
+    name_line,
+    whatis_pairs,
+)
 from bashgpt.data.tasks import load_tasks
 
 
@@ -97,7 +105,19 @@ def test_pairs_from_a_man_page_are_its_examples_and_their_sentences(tmp_path):
     page = tmp_path / "usr/share/man/man1/amixer.1.gz"
     page.parent.mkdir(parents=True)
     page.write_bytes(gzip.compress(MAN.encode()))
-    assert man_page_pairs(tmp_path) == [(p, "usr/share/man/man1/amixer.1.gz") for p in pairs]
+    examples, names = man_page_pairs(tmp_path)
+    assert examples == [(p, "usr/share/man/man1/amixer.1.gz") for p in pairs]
+    assert names == {}  # "command-line mixer": too short to read as a task
+
+
+def test_a_name_line_is_another_wording_of_the_shortest_command_of_its_program():
+    names = {"df": ("Report file system disk space usage.", "usr/share/man/man1/df.1.gz")}
+    commands = ["df -h --total", "df -a", "du -sh", "df -h\n| sort"]
+    assert whatis_pairs(names, commands) == [("#!/bin/bash\n# Report file system disk space usage.\ndf -a\n",
+                                              "usr/share/man/man1/df.1.gz")]
+    assert name_line(".TH DF 1\n.SH NAME\ndf \\- report file system disk space usage\n.SH SYNOPSIS\n") == \
+        "report file system disk space usage"
+    assert name_line(".TH X 1\n.SH SYNOPSIS\nx\n") is None
 
 
 def test_what_evaluation_asks_or_answers_is_found_in_a_text():

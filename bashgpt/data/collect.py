@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..shellcheck import bash_parse
 from .cache_dirs import cache_root
 from .pair_sources import EXTERNAL_KINDS, SourceOffline, source_pairs
-from .pairs import Contamination, comment_pairs, man_page_pairs
+from .pairs import Contamination, comment_pairs, man_page_pairs, whatis_pairs
 from .tokenization import encode_batch
 
 
@@ -65,7 +65,7 @@ MIN_ALNUM_FRACTION = 0.25
 SKIP_REASONS = ("not_shell", "binary", "non_utf8", "empty", "too_large", "symlink_loop", "symlink_broken",
                 "symlink_outside", "symlink_inside", "unreadable", "generated", "boilerplate_only", "long_line",
                 "long_mean_line", "low_alnum", "exact_duplicate", "near_duplicate", "evaluation_overlap")
-PAIR_KINDS = ("comment", "header", "man") + EXTERNAL_KINDS  # pairs.py, pair_sources.py
+PAIR_KINDS = ("comment", "header", "man", "whatis") + EXTERNAL_KINDS  # pairs.py, pair_sources.py
 
 
 class CollectError(UserError):
@@ -552,21 +552,33 @@ def script_pairs(train: list[Script], kinds: tuple[str, ...]) -> list[Script]:
             for script in train for kind, text, line in comment_pairs(script.text) if kind in kinds]
 
 
-def man_pairs_of(sources: list[str], cache: Path) -> list[Script]:
-    """Pairs from the EXAMPLES sections of the man pages of the Debian sources, and of this machine's when
-    ``system`` is a source."""
-    mined = []
+def man_roots(sources: list[str], cache: Path) -> Iterator[tuple[Path, str | None, str, object]]:
+    """(root, package or None for this machine, version, licence of a package) of each source with man pages."""
     for word in (w for w in sources if w.startswith("debian:")):
         for package, version, root in fetch_debian(debian_names(word), cache):
-            licence = debian_copyright_licence(root, package)
-            mined += [Script(text, "pair:man", package, version, path, licence, "bash")
-                      for text, path in man_page_pairs(root)]
+            yield root, package, version, functools.partial(debian_copyright_licence, root)
     if "system" in sources:
-        owners, licence = dpkg_owners(), functools.lru_cache(maxsize=None)(debian_copyright_licence)
-        for text, path in man_page_pairs(Path("/")):
-            package = owners.get("/" + path, "system")
-            mined.append(Script(text, "pair:man", package, "", path, licence(Path("/"), package), "bash"))
+        yield Path("/"), None, "", functools.partial(debian_copyright_licence, Path("/"))
+
+
+def man_pairs_of(sources: list[str], cache: Path, kinds: tuple[str, ...], commands: list[str]) -> list[Script]:
+    """Pairs from the man pages of the Debian sources and, when ``system`` is a source, of this machine: their
+    EXAMPLES (``man``), and their NAME lines over the shortest command of the program among ``commands``
+    (``whatis``)."""
+    mined, owners = [], dpkg_owners() if "system" in sources else {}
+    for root, package, version, licence_of in man_roots(sources, cache):
+        examples, names = man_page_pairs(root)
+        found = [("man", t, p) for t, p in examples] if "man" in kinds else []
+        found += [("whatis", t, p) for t, p in whatis_pairs(names, commands + [man_code(t) for t, _ in examples])] \
+            if "whatis" in kinds else []
+        for kind, text, path in found:
+            owner = package or owners.get("/" + path, "system")
+            mined.append(Script(text, f"pair:{kind}", owner, version, path, licence_of(owner), "bash"))
     return mined
+
+
+def man_code(pair: str) -> str:
+    return pair.split("\n", 2)[2].strip() if pair.count("\n") >= 2 else ""
 
 
 def published_pairs(kinds: tuple[str, ...], cache: Path) -> list[Script]:
@@ -588,8 +600,9 @@ def mine_pairs(train: list[Script], sources: list[str], cache: Path, contaminati
     """Description-and-code pairs of ``kinds``, each with the provenance of what it was cut from; deduplicated among
     themselves and against the scripts (exactly and near), clear of evaluation, and parsing with ``bash -n``.
     Returns them and their counts by kind."""
-    mined = script_pairs(train, kinds) + (man_pairs_of(sources, cache) if "man" in kinds else []) + \
-        published_pairs(kinds, cache)
+    mined = script_pairs(train, kinds) + published_pairs(kinds, cache)
+    if {"man", "whatis"} & set(kinds):
+        mined += man_pairs_of(sources, cache, kinds, [man_code(p.text) for p in mined])
     counts = {kind: {"mined": sum(p.source == f"pair:{kind}" for p in mined)} for kind in kinds}
     seen, unique, overlap = {normalised_hash(s.text) for s in train}, [], 0
     for pair in mined:

@@ -223,9 +223,19 @@ def man_pairs(source: str, page: str) -> list[str]:
     return out
 
 
-def man_page_pairs(root: Path) -> list[tuple[str, str]]:
-    """(text, man page path under ``root``) of the pairs in the EXAMPLES sections of its section 1 and 8 pages."""
-    found = []
+def name_line(source: str) -> str | None:
+    """What the NAME section says the program does ('df \\- report file system disk space usage': 'report file
+    system disk space usage'), or None."""
+    match = re.search(r"^\.S[Hh]\s+\"?NAME\"?\s*\n(.*?)(?=^\.S[Hh])", source, re.MULTILINE | re.DOTALL)
+    if not match:
+        return None
+    text = " ".join(plain(line) for line in match.group(1).splitlines() if not line.startswith("."))
+    parts = re.split(r"\s+-+\s+", text, maxsplit=1)
+    return parts[1].strip() if len(parts) == 2 else None
+
+
+def man_pages(root: Path):
+    """(path under ``root``, program, roff source) of the section 1 and 8 pages under ``root``."""
     for path in sorted(root.glob("usr/share/man/man[18]/*.gz")):
         if path.is_symlink():
             continue
@@ -233,8 +243,32 @@ def man_page_pairs(root: Path) -> list[tuple[str, str]]:
             source = gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")
         except (OSError, EOFError):
             continue
-        found += [(text, path.relative_to(root).as_posix()) for text in man_pairs(source, path.name.split(".")[0])]
-    return found
+        yield path.relative_to(root).as_posix(), path.name.split(".")[0], source
+
+
+def man_page_pairs(root: Path) -> tuple[list[tuple[str, str]], dict[str, tuple[str, str]]]:
+    """The pairs in the EXAMPLES sections of the section 1 and 8 pages under ``root``, as (text, page path), and
+    what each page's NAME line says its program does, as {program: (description, page path)}."""
+    found, names = [], {}
+    for relpath, program, source in man_pages(root):
+        found += [(text, relpath) for text in man_pairs(source, program)]
+        said = name_line(source)
+        if said and description(said):
+            names[program] = (description(said), relpath)
+    return found, names
+
+
+def whatis_pairs(names: dict[str, tuple[str, str]], commands: list[str]) -> list[tuple[str, str]]:
+    """Another wording of a command: what its man page's NAME line says the program does, over the shortest
+    one-line command of that program among ``commands`` (other pairs' code), as (text, page path)."""
+    shortest: dict[str, str] = {}
+    for command in commands:
+        if "\n" in command or not command.strip():
+            continue
+        program = command.split()[0]
+        if program in names and len(command) < len(shortest.get(program, command + " ")):
+            shortest[program] = command
+    return [(pair_text(names[p][0], c), names[p][1]) for p, c in sorted(shortest.items())]
 
 
 # ----------------------------------------------------------------------------- keeping evaluation out
