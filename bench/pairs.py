@@ -31,6 +31,7 @@ VARIANTS = {  # name: (kinds of pair kept, QuickstartPlan.pair_share, Quickstart
     "+ pairs, each once": (PUBLISHED, None, 0.0),
     "+ pairs at 50% of bash tokens": (PUBLISHED, 0.5, 0.0),
     "+ pairs at 50%, English replay 20%": (PUBLISHED, 0.5, 0.2),
+    "+ pairs at 50%, English replay 10%": (PUBLISHED, 0.5, 0.1),
     "scripts, English replay 20%": ((), None, 0.2),
 }
 
