@@ -52,9 +52,11 @@ class QuickstartPlan:
     # description-and-command pairs in the prompt's shape (pair_sources.py): what teaches which command a task calls
     # for; tldr and nl2sh-alfa are skipped with one line where GitHub and the Hub do not answer
     pairs: tuple = ("man", "whatis", "cheat", "eg", "tldr", "nl2sh-alfa")
-    pair_share: float | None = 0.5  # share of stage 2's bash tokens that are pairs (each repeated to make it up)
-    english_replay: float = 0.2  # share of stage 2's training tokens that are stage 1's English, so the model keeps
-    # the language its prompts are written in
+    pair_share: float | None = 0.5  # share of stage 2's bash tokens that are pairs (each repeated to make it up;
+    # bench/pairs.md: relevance 10% [5-18%] at 50% against 3% [1-9%] with each pair once, without replay)
+    english_replay: float = 0.1  # share of stage 2's training tokens that are stage 1's English, so the model keeps
+    # the language its prompts are written in (bench/pairs.md: 2.0 nats below a uniform guess at 10%, 0.6 at none,
+    # 2.5 at 20%, where relevance fell within its noise)
     eval_prompts: int | None = None  # the first this many tasks of tasks.txt (None: all 74), one sample each: more
     samples_per_prompt: int = 1  # tasks rather than more samples of each, for a task relevance that means something
     max_new_tokens: int = 192
