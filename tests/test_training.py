@@ -92,7 +92,10 @@ def test_stage1_then_stage2_from_its_checkpoint(tmp_path, transformers_log):
     card = (Path(s2["best"]) / "README.md").read_text()
     assert "code stage" in card and str(best) in card
     assert "(of them 25% " in (tmp_path / "run2" / "train.log").read_text()  # English replayed in stage 2
-    assert transformers_log.getvalue() == ""  # (Trainer once aligned a bos_token_id our generation config lacked)
+    # (Trainer once aligned a bos_token_id our generation config lacked). Trainer's checkpoint rotation says once per
+    # process that mtime is unreliable when two checkpoints are under a second apart, as a test's tiny ones are
+    said = [line for line in transformers_log.getvalue().splitlines() if not line.startswith("mtime may not be reliable")]
+    assert said == []
 
 
 def test_a_new_model_takes_its_vocabulary_from_the_tokenizer(tmp_path, small_tokenizer):
