@@ -81,7 +81,7 @@ def cmd_generate(args):
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
     if args.examples:
-        prompt = prompt_with_examples(prompt, args)
+        prompt = with_retrieved_examples([prompt], args)[0]
     model, tokenizer = load_for_inference(args.model_dir, args.device, args.trust_remote_code)
     sampling = SamplingOptions.from_args(args)
     if args.no_guard and args.num_samples == 1 and not args.json:  # raw, one sample: stream it as it comes
@@ -121,13 +121,6 @@ def example_index(args):
         raise UserError("--examples needs pairs to retrieve from and this model does not say what it was fine-tuned "
                         "on; pass --pairs a 'bashgpt collect --pairs ...' folder")
     return PairIndex.from_corpus(folder)
-
-
-def prompt_with_examples(prompt: str, args) -> str:
-    from .data.tasks import task_statement
-    from .inference.examples import with_examples
-
-    return with_examples(prompt, example_index(args).closest(task_statement(prompt), args.examples))
 
 
 def with_retrieved_examples(prompts: list, args) -> list:
