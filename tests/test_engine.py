@@ -83,6 +83,35 @@ def test_engine_continues_from_a_cache_that_holds_the_prompts_start():
     assert cache.get_seq_length() == resumed.shape[1] - 1
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_take_back_crops_the_cache_and_decodes_on_in_the_same_loop(pos):
+    """A hook that cuts the row back (twice, once to its first new token) leaves greedy decoding where it would have been: the
+    cache, positions and mask follow the cut. Stale entries left in the cache would change the tokens."""
+    torch.manual_seed(0)
+    model = BashGPTForCausalLM(small_config(position_embedding_type=pos)).eval()
+    ids = torch.randint(2, 96, (1, 7))
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    cuts, seen = {12: 9, 15: 8}, []
+
+    def take_back(row):
+        seen.append(row.shape[0])
+        return cuts.pop(row.shape[0], None)
+
+    ours = model.generate(ids, custom_generate=engine.decode, take_back=take_back, **kwargs)
+    assert torch.equal(ours, model.generate(ids, **kwargs)) and not cuts
+    assert seen[:9] == [8, 9, 10, 11, 12, 10, 11, 12, 13] and seen[-1] == 19
+
+
+def test_take_back_is_refused_for_several_rows_and_with_a_streamer():
+    model = BashGPTForCausalLM(small_config()).eval()
+    ids = torch.randint(2, 96, (2, 5))
+    with pytest.raises(ValueError, match="take_back on 2 rows"):
+        model.generate(ids, max_new_tokens=3, pad_token_id=0, custom_generate=engine.decode, take_back=lambda r: None)
+    with pytest.raises(ValueError, match="take_back with a streamer"):
+        engine.generate(model, ids[:1], max_new_tokens=3, pad_token_id=0, streamer=BaseStreamer(),
+                        take_back=lambda r: None)
+
+
 def test_engine_feeds_a_streamer_what_it_returns():
     class Collect(BaseStreamer):
         def __init__(self):

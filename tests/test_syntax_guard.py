@@ -154,7 +154,7 @@ def test_guarded_generate_takes_back_broken_lines_and_returns_scripts_that_parse
     rollbacks, raw_broken = 0, 0
     for seed in range(6):
         torch.manual_seed(seed)
-        result = guarded_generate(model, tok, prompt, config)
+        result, = guarded_generate(model, tok, prompt, config)
         script = tok.decode(result.ids)
         assert script.startswith(PROMPT) and bash_parse(script).ok, script
         assert len(result.ids) - prompt.shape[1] <= 40
@@ -163,6 +163,24 @@ def test_guarded_generate_takes_back_broken_lines_and_returns_scripts_that_parse
         raw_broken += not bash_parse(tok.decode(model.generate(prompt, generation_config=config)[0],
                                                 skip_special_tokens=True)).ok
     assert rollbacks > 0 and raw_broken > 0  # the same sampling unguarded writes scripts that do not parse
+
+
+def test_a_prompts_guarded_samples_share_one_prefill_and_take_lines_back_inside_one_generate(tok, monkeypatch):
+    model = nano(tok, {"fi": 3.0, "done": 3.0, "echo": 3.5, "\n": 3.5}, eos=1.0)
+    config = SamplingOptions(max_new_tokens=30, temperature=1.0, top_p=1.0, top_k=0,
+                             repetition_penalty=1.0).generation_config(model, tok)
+    prompt = torch.tensor([ids_of(tok, PROMPT + "# Say hello to the world, then stop.\n")])
+    fed, generate_calls = [], []
+    model.register_forward_pre_hook(lambda m, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: generate_calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    results = guarded_generate(model, tok, prompt, config, num_samples=3)
+    assert len(results) == 3 and sum(r.rollbacks for r in results) > 0
+    assert [n for n in fed if n > 1] == [prompt.shape[1] - 1]  # the prompt once; every other forward is one token
+    assert len(generate_calls) == 3  # one per sample, however many lines were taken back
+    for r in results:
+        assert r.ids[:prompt.shape[1]] == prompt[0].tolist() and bash_parse(tok.decode(r.ids)).ok
 
 
 def test_end_of_text_only_where_the_script_parses_in_generate_and_pipeline(tok):

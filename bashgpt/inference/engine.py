@@ -16,7 +16,11 @@ loop in three ways:
   same distribution (up to float rounding at the top-p boundary) for a fraction of the work. Other
   processors run unchanged, before it;
 - on CPU the linear layers run on oneDNN-packed copies of their weights for the call (packed_linear.py),
-  unless the caller holds a ``linears_packed`` block around several calls.
+  unless the caller holds a ``linears_packed`` block around several calls;
+- a ``take_back`` hook (passed to ``generate`` under that name) sees each row after each new token and may
+  cut it back to an earlier length: the KV cache is cropped to match and decoding goes on from there, in the
+  same loop (syntax_guard.py takes broken lines back this way). It needs one row per call; the stopping
+  criteria see the row as cut.
 What it does not do (beam search, assisted decoding, returned scores or hidden states, chunked prefill),
 it refuses with a ValueError: leave ``custom_generate`` out for those.
 """
@@ -105,12 +109,15 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
 
 def decode(model, input_ids: torch.LongTensor, logits_processor: LogitsProcessorList,
            stopping_criteria: StoppingCriteriaList, generation_config: GenerationConfig, token_streamer=None,
-           **model_kwargs) -> torch.LongTensor:
+           take_back=None, **model_kwargs) -> torch.LongTensor:
     """Greedy search or sampling from ``input_ids`` until the stopping criteria end every row: the sequences,
     prompt included. ``generate(custom_generate=decode)`` calls it; ``token_streamer`` (a Transformers
     streamer, passed to ``generate`` under that name) gets the prompt, each new token and the end, as
-    ``generate``'s own ``streamer`` would."""
+    ``generate``'s own ``streamer`` would. ``take_back(row_ids) -> int | None``, called with the row after
+    each new token, gives a length to cut it back to (at least 1, at most its length), or None to go on."""
     why = refusal(generation_config, model_kwargs)
+    if why is None and take_back is not None:
+        why = take_back_refusal(input_ids, token_streamer)
     if why is not None:
         raise ValueError(f"bashgpt's decode engine does not do {why}; call generate without custom_generate")
     cache, mask = model_kwargs["cache"], model_kwargs.get("attention_mask")
@@ -139,15 +146,39 @@ def decode(model, input_ids: torch.LongTensor, logits_processor: LogitsProcessor
             input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
             if token_streamer is not None:
                 token_streamer.put(tokens.cpu())
+            positions = positions[:, -1:] + 1  # the new token's
+            back = take_back(input_ids[0]) if take_back is not None else None
+            if back is not None:  # the last kept token is fed again, for the logits after it
+                positions = positions - (input_ids.shape[1] - back)
+                input_ids, cache = input_ids[:, :back], cropped(cache, back - 1)
+                if mask is not None:
+                    mask = mask[:, :back - 1]
             unfinished = unfinished & ~stopping_criteria(input_ids, logits)
             if not unfinished.any():
                 break
-            step_ids, positions = tokens[:, None], positions[:, -1:] + 1
+            step_ids = input_ids[:, -1:]
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
     if token_streamer is not None:
         token_streamer.end()
     return input_ids
+
+
+def take_back_refusal(input_ids: torch.LongTensor, token_streamer) -> str | None:
+    """Why ``take_back`` cannot be used in this call, or None where it can."""
+    if input_ids.shape[0] != 1:
+        return f"take_back on {input_ids.shape[0]} rows (one row per call: the rows share one cache)"
+    if token_streamer is not None:
+        return "take_back with a streamer (streamed tokens cannot be taken back)"
+    return None
+
+
+def cropped(cache: Cache, length: int) -> Cache:
+    """``cache`` holding its first ``length`` tokens only (in place)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)  # a negative count removes that many: the one meaning all 5.x releases share
+    return cache
 
 
 @torch.no_grad()

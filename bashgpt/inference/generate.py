@@ -72,8 +72,7 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
         if guard:
             n = enc["input_ids"].shape[1]
             checker = LineChecker.for_tokenizer(tokenizer)
-            results = [guarded_generate(model, tokenizer, enc["input_ids"], config, checker)
-                       for _ in range(num_samples)]
+            results = guarded_generate(model, tokenizer, enc["input_ids"], config, num_samples, checker)
             return [Sample(prompt, tokenizer.decode(r.ids[n:], skip_special_tokens=True), r.ended, True, r.rollbacks)
                     for r in results]
         return [_sample(model, tokenizer, prompt, enc, config, stream) for _ in range(num_samples)]

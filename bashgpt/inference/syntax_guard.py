@@ -24,13 +24,13 @@ on 270 corrupted scripts tree-sitter flagged only 168 that bash rejects, and it 
 unfinished prefixes as errors (169 of 299), so it cannot tell "not yet" from "never"; bash's
 verdict is the one the final check uses anyway.
 
-- ``guarded_generate`` runs ``model.generate`` (any causal LM) under the guard, taking lines back
-  by cropping the KV cache.
+- ``guarded_generate`` runs ``model.generate`` decoded by bashgpt's engine (engine.py) under the guard:
+  the engine's ``take_back`` hook hands each line end to the guard, which may cut the line off; the engine
+  crops the KV cache to match and samples on, in the same loop. A prompt's samples share one prefill.
 - ``EndOnlyWhenParses`` is a ``LogitsProcessor`` for ``model.generate`` and ``pipeline``: end of
   text only where the script parses.
 """
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -38,7 +38,7 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, Sto
 
 from ..data.tasks import has_command
 from ..shellcheck import bash_parse
-from .engine import decode
+from .engine import cropped, decode
 
 COMPLETE, UNFINISHED, BROKEN = "complete", "unfinished", "broken"
 OPEN_STRING = "open string"  # unfinished inside "...", `...` or ${...}: broken unless it was already open
@@ -129,6 +129,12 @@ class ScriptGuard:
             return self.take_back(ids, lines=1)
         return self.take_back(ids, lines=0)
 
+    def after_row(self, row: torch.Tensor) -> int | None:
+        """``after_token`` for the decode engine's ``take_back`` hook, which passes the row as a tensor."""
+        if int(row[-1]) not in self.checker.line_ends:
+            return None
+        return self.after_token(row.tolist())
+
     def open_quote_lines(self) -> int:
         """How many accepted line ends in a row fell inside a single-quoted string."""
         n = 0
@@ -175,8 +181,8 @@ class ScriptGuard:
 class EndOnlyWhenParses(LogitsProcessor):
     """End of text only where the script so far parses. For ``model.generate(logits_processor=...)`` and
     ``pipeline``: each row of a batch gets its own guard, made from the row as first seen (its prompt), which
-    watches the lines as they end. Under ``guarded_generate`` it is given the guard (which the stopping
-    criterion feeds) and also keeps each retry from repeating a failed line's first token.
+    watches the lines as they end. Under ``guarded_generate`` it is given the guard (which the engine's
+    ``take_back`` hook feeds) and also keeps each retry from repeating a failed line's first token.
 
     Create one per ``generate`` call: it keeps the state of the sequences it has seen."""
 
@@ -199,17 +205,15 @@ class EndOnlyWhenParses(LogitsProcessor):
         return scores
 
 
-class StopAtBrokenLine(StoppingCriteria):
-    """Stops ``model.generate`` when a line breaks the script, so that ``guarded_generate`` can take it back."""
+class GuardStop(StoppingCriteria):
+    """Ends a guarded sample once its guard gave up, or when all its tries together have written ``budget`` tokens."""
 
-    def __init__(self, guard: ScriptGuard):
-        self.guard = guard
-        self.resume_at: int | None = None
+    def __init__(self, guard: ScriptGuard, budget: int):
+        self.guard, self.budget = guard, budget
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        line_end = int(input_ids[0, -1]) in self.guard.checker.line_ends
-        self.resume_at = self.guard.after_token(input_ids[0].tolist()) if line_end else None
-        stop = self.resume_at is not None or self.guard.gave_up
+        self.budget -= 1  # called once per token written
+        stop = self.guard.gave_up or self.budget <= 0
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
@@ -221,37 +225,34 @@ class GuardedResult:
 
 
 @torch.no_grad()
-def guarded_generate(model, tokenizer, input_ids: torch.Tensor, generation_config, checker: LineChecker | None = None,
-                     max_retries: int = 3, max_rollbacks: int = 32) -> GuardedResult:
-    """One guarded sample from ``model.generate`` decoded by bashgpt's engine (batch 1); ``generation_config.max_new_tokens`` (256 when
-    unset) bounds the completion, and all tries together generate at most three times that."""
+def guarded_generate(model, tokenizer, input_ids: torch.Tensor, generation_config, num_samples: int = 1,
+                     checker: LineChecker | None = None, max_retries: int = 3,
+                     max_rollbacks: int = 32) -> list[GuardedResult]:
+    """``num_samples`` guarded samples of one prompt (``input_ids``, one row), each from one ``model.generate``
+    call decoded by bashgpt's engine, whose ``take_back`` hook lets the guard cut a broken line off in the loop.
+    The prompt is prefilled once for all of them (but its last token, which each sample feeds first).
+    ``generation_config.max_new_tokens`` (256 when unset) bounds a completion, and all tries of one sample
+    together write at most three times that."""
     checker = checker or LineChecker.for_tokenizer(tokenizer)
+    cache = DynamicCache(config=model.config)
+    if input_ids.shape[1] > 1:
+        model(input_ids=input_ids[:, :-1], cache=cache, use_cache=True, logits_to_keep=1)
+    limits = dict(max_retries=max_retries, max_rollbacks=max_rollbacks)
+    return [guarded_sample(model, tokenizer, input_ids, cache, generation_config, checker, **limits)
+            for _ in range(num_samples)]
+
+
+def guarded_sample(model, tokenizer, input_ids: torch.Tensor, cache, generation_config, checker: LineChecker,
+                   **limits) -> GuardedResult:
+    """One guarded sample, decoding on from ``cache`` cut back to the prompt but its last token."""
     prompt = input_ids[0].tolist()
-    guard = ScriptGuard.for_prompt(checker, prompt, max_retries=max_retries, max_rollbacks=max_rollbacks)
-    max_new = generation_config.max_new_tokens or 256
-    budget, limit = 3 * max_new, len(prompt) + max_new
-    ids, cache, ended = input_ids, DynamicCache(config=model.config), False
-    eos = tokenizer.eos_token_id
-    processors = LogitsProcessorList([EndOnlyWhenParses(tokenizer, checker, [guard])])
-    while budget > 0 and ids.shape[1] < limit and not guard.gave_up:
-        stop = StopAtBrokenLine(guard)
-        config = copy.copy(generation_config)
-        config.max_new_tokens = min(limit - ids.shape[1], budget)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, custom_generate=decode,
-                             generation_config=config, logits_processor=processors,
-                             stopping_criteria=StoppingCriteriaList([stop]))
-        budget -= out.shape[1] - ids.shape[1]
-        ids = out
-        if eos is not None and int(ids[0, -1]) == eos:
-            ended = True
-            ids = ids[:, :-1]
-            break
-        if stop.resume_at is not None:
-            ids = ids[:, :stop.resume_at]
-            extra = cache.get_seq_length() - (stop.resume_at - 1)  # the last kept token is fed again for its logits
-            if extra > 0:
-                cache.crop(-extra)  # a negative count removes that many: the one meaning all 5.x releases share
-    final = ids[0].tolist()
-    if not ended:
-        final = final[:guard.last_complete()]
-    return GuardedResult(final, ended, guard.rollbacks)
+    cache = cropped(cache, len(prompt) - 1)
+    guard = ScriptGuard.for_prompt(checker, prompt, **limits)
+    budget = 3 * (generation_config.max_new_tokens or 256)
+    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), cache=cache,
+                         custom_generate=decode, take_back=guard.after_row, generation_config=generation_config,
+                         logits_processor=LogitsProcessorList([EndOnlyWhenParses(tokenizer, checker, [guard])]),
+                         stopping_criteria=StoppingCriteriaList([GuardStop(guard, budget)]))
+    ids = out[0].tolist()
+    ended = len(ids) > len(prompt) and ids[-1] == tokenizer.eos_token_id
+    return GuardedResult(ids[:-1] if ended else ids[:guard.last_complete()], ended, guard.rollbacks)
