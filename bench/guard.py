@@ -34,7 +34,7 @@ def worker(args) -> None:
     from bashgpt.sampling import SamplingOptions
 
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_for_inference(args.model, "cpu")
+    model, tokenizer = load_for_inference(args.model[0], "cpu")
     prompts = [t.prompt for t in load_tasks()][: args.prompts]
     sampling = SamplingOptions(max_new_tokens=args.max_new_tokens)
     generate(model, tokenizer, prompts[0], sampling, num_samples=1, seed=0, guard=True)  # warm-up
@@ -101,7 +101,8 @@ def compare(sides: dict, model: str, args) -> dict:
                    "rollbacks": statistics.median(r["rollbacks"] for r in rs), "runs": rs}
             for name, rs in runs.items()}
     ratio = rows["this checkout"]["samples_per_s"] / rows["before"]["samples_per_s"] if "before" in rows else None
-    return {"sides": rows, "ratio": ratio}
+    outputs = {(r["kept_tokens"], r["rollbacks"], r["ended"]) for rs in runs.values() for r in rs}
+    return {"sides": rows, "ratio": ratio, "same_output": len(outputs) == 1}
 
 
 def write_markdown(result: dict) -> None:
@@ -116,6 +117,9 @@ def write_markdown(result: dict) -> None:
             ratio = f"**{m['ratio']:.2f}x**" if name == "this checkout" and m["ratio"] is not None else ""
             lines.append(f"| `{model}` | {name} | {row['kept_tokens_per_s']:.1f} | {row['samples_per_s']:.3f} | "
                          f"{row['rollbacks']:.0f} | {ratio} |")
+    same = [m["same_output"] for m in result["models"].values()]
+    lines += ["", "Every run of a model kept the same number of tokens, took back the same lines and ended the same "
+              "samples: " + ("yes" if all(same) else "**no**") + "."]
     (HERE / "guard.md").write_text("\n".join(lines) + "\n")
 
 
