@@ -95,6 +95,39 @@ def test_kill_9_at_random_moments_then_resume_reaches_identical_weights(tmp_path
 
 
 @pytest.mark.slow
+def test_kill_9_at_each_moment_a_record_is_written_then_resume_reaches_the_same_run(tmp_path):
+    """SIGKILL just before each kind of rename that makes a record of the run visible, one after another in one run
+    (tests/crash_worker.py): before the first best/ appears, before a checkpoint's seal, before the old best/ is
+    moved aside, and between that and the new best/'s rename. Each time the run is resumed (or started again where
+    nothing was sealed); the end is the uninterrupted run's: bit-identical weights, the same best/ and its record."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    steps, census = 8, tmp_path / "census.jsonl"
+    straight = subprocess.run([sys.executable, *recipe_args(tmp_path, "straight", steps)], env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    run = tmp_path / "killed"
+    for kill_at in ("best:1", "seal:2", "swap:1", "best:1", "none:0"):
+        resume = ["--resume"] if any(run.glob(f"checkpoints/checkpoint-*/{SEAL}")) else ["--overwrite"]
+        proc = subprocess.run([sys.executable, str(ROOT / "tests" / "crash_worker.py"), str(census), kill_at,
+                               *recipe_args(tmp_path, "killed", steps), *resume], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == (0 if kill_at == "none:0" else -signal.SIGKILL), (kill_at, proc.stderr[-2000:])
+        if kill_at == "swap:1":
+            assert (run / "best").is_dir()  # the last good best/ stays where it was
+    renames = [json.loads(line) for line in census.read_text().splitlines()]
+    killed = [i for i, r in enumerate(renames) if r["killed"]]
+    assert [renames[i]["kind"] for i in killed] == ["best", "seal", "swap", "best"]
+    assert renames[killed[-1] - 1]["kind"] == "swap"  # the last kill fell between the old best/'s move and the new
+    a, b = final_weights(tmp_path / "straight", steps), final_weights(run, steps)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    best_a, best_b = (load_file(tmp_path / r / "best" / "model.safetensors") for r in ("straight", "killed"))
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    records = [json.loads((tmp_path / r / "best" / "bashgpt_best.json").read_text()) for r in ("straight", "killed")]
+    assert records[0] == records[1]
+    assert not (run / "best.old").exists()
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_within_seconds(tmp_path):
     proc = subprocess.Popen([sys.executable, *recipe_args(tmp_path, "run", steps=400)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
