@@ -40,11 +40,17 @@ class BashGPTConfig(PreTrainedConfig):
 
     model_type = "bashgpt"
     keys_to_ignore_at_inference = ["cache"]
-    # Tensor parallelism (`from_pretrained(..., tp_plan="auto")`): q/k/v and the MLP's first layer split by output
-    # columns, the projections back into the residual stream by input rows; weights named as in BashGPTModel.
+    # Tensor parallelism (`from_pretrained(..., tp_plan="auto")`), weights named as in BashGPTModel:
+    # - the token embeddings split by vocabulary rows, as Transformers does for Llama's `embed_tokens` (which it
+    #   finds by that name, not ours): the tied head (`_tp_plan`, split by output rows) then holds the same rows;
+    # - q/k/v are one fused layer laid out [q | k | v], which a plain column split would cut across (rank 0 would
+    #   get q and half of k): it is split by columns and gathered whole, attention runs whole on every rank, and the
+    #   projection back is split by input rows from that whole input;
+    # - the MLP split by columns, then by rows.
     base_model_tp_plan = {
-        "h.*.attn.c_attn": "colwise",
-        "h.*.attn.c_proj": "rowwise",
+        "wte": "embedding_rowwise",
+        "h.*.attn.c_attn": "colwise_rep",
+        "h.*.attn.c_proj": "rowwise_split_input",
         "h.*.mlp.c_fc": "colwise",
         "h.*.mlp.c_proj": "rowwise",
     }

@@ -2,7 +2,12 @@
 attentions, return_dict, every generate mode, static caches under torch.compile, torch.export, RoPE scaling through
 rope_parameters, a tensor-parallel plan."""
 
+import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,4 +227,23 @@ def test_tensor_parallel_plan_names_real_weights():
             **BashGPTForCausalLM._tp_plan}
     for pattern in plan:
         assert any(name == pattern.replace("*", "0") for name in names), pattern
-    assert sorted(set(plan.values())) == ["colwise", "colwise_gather_output", "rowwise"]
+    assert plan["transformer.wte"] == "embedding_rowwise" and plan["lm_head"] == "colwise_gather_output"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tied", [False, True])
+def test_tensor_parallel_loading_shards_the_embedding_with_its_head_and_computes_the_same_logits(tmp_path, tied):
+    """``from_pretrained(tp_plan="auto")`` on 2 CPU processes (gloo): the embedding split by vocabulary rows as
+    Llama's is, a tied head holding the same rows, q/k/v computed whole (a plain column split of the fused layer
+    would cut across q and k), and the logits and greedy tokens of the unsplit model."""
+    folder = tmp_path / "model"
+    model_for(tie_word_embeddings=tied).save_pretrained(folder)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).resolve().parent / "tp_worker.py"), str(folder), str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["world"] == 2 and report["max_diff"] < 1e-4 and report["same_greedy"], report
+        assert report["wte"] == [48, 32] and report["lm_head"] == [48, 32] and report["tied"] == tied, report
+        assert report["c_attn"] == [48, 32], report  # 3 x 32 outputs, split in two, gathered whole for attention
