@@ -45,8 +45,8 @@ class QuickstartPlan:
     max_script_tokens: int | None = 256  # stage 2 trains on whole scripts this short, so the model learns to end
     strip_licences: bool = True  # stage 2 drops licence-notice header comments
     shebang_only: bool = True  # stage 2 keeps only files that start with #! (no completions, no sourced libraries)
-    vocab_size: int | None = 8192  # a BPE trained on the run's own text (~1 s): as compact on bash as the shipped
-    # 32,000-token one, and a 4x smaller LM head (2.4x nano's training throughput, bench/quickstart.md); None: the shipped tokenizer
+    vocab_size: int | None = 8192  # a BPE trained on the run's own English and cleaned bash (~7 s here), the job's
+    # one tokenizer (stage 2's length filter counts with it): as compact on bash as the shipped 32,000-token one, and a 4x smaller LM head (2.4x nano's training throughput, bench/quickstart.md); None: the shipped tokenizer
     debian: bool = True  # try Debian packages when apt-get is there and the network answers
     sources: tuple = ("system",)
     # description-and-command pairs in the prompt's shape (pair_sources.py): what teaches which command a task calls
@@ -67,7 +67,7 @@ class QuickstartPlan:
     def smoke(cls, out: Path, source: str) -> "QuickstartPlan":
         """The reduced plan the test suite runs (well under a minute): fixed step counts, no clock."""
         return cls(out=out, minutes=None, stage1_steps=4, stage2_steps=4, seq_len=64, batch_size=4,
-                   max_script_tokens=None, debian=False, sources=(source,), pairs=(), eval_prompts=2, samples_per_prompt=1,
+                   max_script_tokens=64, debian=False, sources=(source,), pairs=(), eval_prompts=2, samples_per_prompt=1,
                    max_new_tokens=16, show_samples=1)
 
 
@@ -101,19 +101,20 @@ def debian_available(timeout: float = 60.0) -> bool:
     return proc.returncode == 0 and "'" in proc.stdout
 
 
-def collect_bash(plan: QuickstartPlan, tokenizer) -> Path:
+def collect_bash(plan: QuickstartPlan) -> Path:
+    """The collected corpus (its token counts come later, from the job's tokenizer)."""
     corpus = plan.out / "bash-corpus"
     sources = list(plan.sources)
     if plan.debian and debian_available():
         sources.append("debian:")
         say(f"Debian packages are reachable: adding the default {len(DEFAULT_DEBIAN_PACKAGES)} shell-rich packages")
     try:
-        manifest = collect(sources, corpus, tokenizer=tokenizer, pairs=plan.pairs)
+        manifest = collect(sources, corpus, pairs=plan.pairs)
     except CollectError as err:
         if "debian:" not in sources:
             raise
         print(f"   Debian packages failed ({err}); using this machine's scripts only", flush=True)
-        manifest = collect(list(plan.sources), corpus, tokenizer=tokenizer, pairs=plan.pairs)
+        manifest = collect(list(plan.sources), corpus, pairs=plan.pairs)
     print(format_summary(manifest, corpus, block_size=plan.seq_len), flush=True)
     return corpus
 
@@ -146,19 +147,34 @@ def with_pair_share(rows: list[dict], lengths: list[int], share: float) -> list[
     return rows + [r for r, p in zip(rows, is_pair, strict=True) if p] * (times - 1)
 
 
-def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, strip_licences: bool = True,
-                  shebang_only: bool = False, pair_share: float | None = None) -> Path:
-    """A copy of ``corpus`` with only the scripts of at most ``max_tokens`` tokens: whole scripts, each
-    followed by end of text, which is what a model trained for minutes needs to see to learn to finish; with
-    ``pair_share``, the training pairs repeated to make up that share of the tokens."""
+BYTES_PER_TOKEN_CAP = 6  # no script of at most 256 tokens took more (5.5 at most, of 3,182 collected from Debian)
+
+
+def cleaned_scripts(corpus: Path, out: Path, strip_licences: bool = True, shebang_only: bool = False,
+                    max_bytes: int | None = None) -> Path:
+    """A copy of ``corpus`` with only the files that start with ``#!`` (``shebang_only``), without licence header
+    comments (``strip_licences``) and of at most ``max_bytes`` bytes: text only, before any tokenizer sees it."""
     out.mkdir(parents=True, exist_ok=True)
-    kept = {}
     for split in ("train", "validation"):
         rows = [json.loads(line) for line in (corpus / f"{split}.jsonl").read_text().splitlines() if line]
         if shebang_only:
             rows = [r for r in rows if r["text"].startswith("#!")]
         if strip_licences:
             rows = [{**r, "text": without_licence_header(r["text"])} for r in rows]
+        if max_bytes:
+            rows = [r for r in rows if len(r["text"].encode()) <= max_bytes]
+        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, pair_share: float | None = None) -> Path:
+    """A copy of ``corpus`` with only the scripts of at most ``max_tokens`` tokens of ``tokenizer`` (the one
+    training uses): whole scripts, each followed by end of text, which is what a model trained for minutes needs to
+    see to learn to finish; with ``pair_share``, the training pairs repeated to make up that share of the tokens."""
+    out.mkdir(parents=True, exist_ok=True)
+    kept = {}
+    for split in ("train", "validation"):
+        rows = [json.loads(line) for line in (corpus / f"{split}.jsonl").read_text().splitlines() if line]
         lengths = [len(ids) for ids in encode_batch(tokenizer, [r["text"] for r in rows])]
         short = [r for r, n in zip(rows, lengths, strict=True) if n <= max_tokens]
         kept[split] = (len(short), len(rows), sum(r.get("source", "").startswith("pair:") for r in short))
@@ -166,10 +182,23 @@ def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, strip_lic
             short = with_pair_share(short, [n for n in lengths if n <= max_tokens], pair_share)
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short))
     print(f"   stage 2 trains on {kept['train'][0]:,} scripts and pairs of at most {max_tokens} tokens, of the "
-          f"{kept['train'][1]:,} collected ({kept['train'][2]:,} of them pairs, each repeated to make up "
+          f"{kept['train'][1]:,} kept ({kept['train'][2]:,} of them pairs, each repeated to make up "
           f"{pair_share or 0:.0%} of the tokens; validation {kept['validation'][0]} of {kept['validation'][1]})",
           flush=True)
     return out
+
+
+def job_tokenizer(plan: QuickstartPlan, bash: Path, common: dict):
+    """The job's one tokenizer: a BPE trained on the English and ``bash`` (``plan.vocab_size``), or the shipped one;
+    ``common`` (the training options) is told which."""
+    if not plan.vocab_size:
+        return load_tokenizer(default_tokenizer_dir())
+    say(f"Training its own BPE tokenizer ({plan.vocab_size:,} tokens) on the English and the bash it will learn")
+    report = train_on_corpora(STDLIB, str(bash), plan.out / "tokenizer", vocab_size=plan.vocab_size)
+    print(f"   bytes per token on held-out text: English {report['bytes_per_token']['english_validation']}, "
+          f"bash {report['bytes_per_token']['bash_validation']}", flush=True)
+    common["tokenizer"] = str(plan.out / "tokenizer")
+    return load_tokenizer(plan.out / "tokenizer")
 
 
 def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
@@ -177,7 +206,6 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
-    tokenizer = load_tokenizer(default_tokenizer_dir())
     amp = bf16_is_fast(device)  # about 2.5x faster for nano on a CPU with native bf16
     common = dict(model_size="nano", batch_size=plan.batch_size, seq_len=plan.seq_len, device=device,
                   cache_dir=str(out / "cache"), overwrite=True, num_epochs=1, eval_blocks=64, use_amp=amp)
@@ -186,17 +214,14 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
             f"the time left, then evaluation.")
 
     say("Collecting shell scripts for stage 2 (read and parsed only, never run)")
-    corpus = collect_bash(plan, tokenizer)
-    stage2_data = short_scripts(corpus, out / "bash-short", tokenizer, plan.max_script_tokens, plan.strip_licences,
-                                plan.shebang_only, plan.pair_share) \
-        if plan.max_script_tokens else corpus
-    if plan.vocab_size:
-        say(f"Training its own BPE tokenizer ({plan.vocab_size:,} tokens) on the English and the bash it will learn")
-        report = train_on_corpora(STDLIB, str(stage2_data), out / "tokenizer", vocab_size=plan.vocab_size)
-        print(f"   bytes per token on held-out text: English {report['bytes_per_token']['english_validation']}, "
-              f"bash {report['bytes_per_token']['bash_validation']}", flush=True)
-        tokenizer = load_tokenizer(out / "tokenizer")
-        common["tokenizer"] = str(out / "tokenizer")
+    corpus = collect_bash(plan)
+    stage2_data = corpus
+    if plan.max_script_tokens:
+        stage2_data = cleaned_scripts(corpus, out / "bash-clean", plan.strip_licences, plan.shebang_only,
+                                      max_bytes=plan.max_script_tokens * BYTES_PER_TOKEN_CAP)  # none could fit
+    tokenizer = job_tokenizer(plan, stage2_data, common)
+    if plan.max_script_tokens:
+        stage2_data = short_scripts(stage2_data, out / "bash-short", tokenizer, plan.max_script_tokens, plan.pair_share)
     say("Tokenising both corpora")
     for source in (STDLIB, str(stage2_data)):  # cached where run_training looks, so training starts at once
         packed_splits(load_corpus(source), tokenizer, plan.seq_len, cache_dir=common["cache_dir"])

@@ -66,7 +66,7 @@ def run_variant(name: str, corpus: Path, minutes: float, work: Path, examples: i
     if not (reuse and (out / "summary.json").is_file()):
         shutil.rmtree(out, ignore_errors=True)
         data = variant_corpus(corpus, kinds, work / f"corpus-{slug}")
-        qs.collect_bash = lambda plan, tokenizer: data
+        qs.collect_bash = lambda plan: data
         plan = qs.QuickstartPlan(out=out, minutes=minutes, pair_share=pair_share, english_replay=replay)
         qs.run_quickstart(plan, device="cpu")
     summary = json.loads((out / "summary.json").read_text())

@@ -64,7 +64,7 @@ def recipe(corpus: Path, minutes: float, work: Path) -> list[dict]:
     from bashgpt.inference.generate import SamplingOptions
     from bashgpt.model_folder import load_model_and_tokenizer
 
-    def copy_corpus(plan, tokenizer):
+    def copy_corpus(plan):
         shutil.copytree(corpus, plan.out / "bash-corpus", dirs_exist_ok=True)
         return plan.out / "bash-corpus"
 

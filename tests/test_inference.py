@@ -196,13 +196,14 @@ def test_quickstart_drops_licence_headers_and_keeps_other_comments():
 
 
 def test_quickstart_stage2_keeps_short_whole_scripts_with_a_shebang(tmp_path):
-    from bashgpt.quickstart import short_scripts
+    from bashgpt.quickstart import cleaned_scripts, short_scripts
 
     rows = {"train": ["#!/bin/sh\n# Copyright 2020 A\n\necho short\n", "#!/bin/sh\n" + "echo long\n" * 200,
                       "_completion() { :; }\n"], "validation": ["#!/bin/bash\nls\n"]}
     for split, texts in rows.items():
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "licence": "GPL"}) + "\n" for t in texts))
-    out = short_scripts(tmp_path, tmp_path / "short", load_tokenizer(default_tokenizer_dir()), 64, shebang_only=True)
+    clean = cleaned_scripts(tmp_path, tmp_path / "clean", shebang_only=True)
+    out = short_scripts(clean, tmp_path / "short", load_tokenizer(default_tokenizer_dir()), 64)
     kept = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert kept == [{"text": "#!/bin/sh\necho short\n", "licence": "GPL"}]
     assert (out / "validation.jsonl").read_text().count("\n") == 1
@@ -218,11 +219,14 @@ def test_quickstart_repeats_pairs_to_their_share_of_the_tokens():
     assert with_pair_share(rows[:1], [300], 0.5) == rows[:1]  # no pairs: unchanged
 
 
-def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
+def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys, monkeypatch):
+    from bashgpt import quickstart
+
+    monkeypatch.setattr(quickstart, "default_tokenizer_dir", lambda: pytest.fail("the job used the shipped tokenizer"))
     scripts = tmp_path / "scripts" / "proj"
     scripts.mkdir(parents=True)
     for i in range(40):
-        (scripts / f"s{i}.sh").write_text(f"#!/bin/bash\n# job {i}\nfor x in {' '.join(str(j * i) for j in range(8))}; "
+        (scripts / f"s{i}.sh").write_text(f"#!/bin/bash\n# job {i}\nfor x in {' '.join(str(j * i) for j in range(60 if i % 4 == 0 else 5))}; "
                                           f"do\n  echo \"item {i} $x\"\ndone\nexit {i % 2}\n")
     out = tmp_path / "qs"
     assert main(["quickstart", "--smoke", "--smoke-source", str(tmp_path / "scripts"), "--out", str(out),
@@ -235,6 +239,10 @@ def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys):
     own = load_tokenizer(out / "tokenizer")  # trained on the run's own English and bash
     assert 300 < len(own) <= 8192 and load_tokenizer(summary["model"]).get_vocab() == own.get_vocab()
     assert json.loads((Path(summary["model"]) / "config.json").read_text())["vocab_size"] == -(-len(own) // 64) * 64
+    kept = [json.loads(line)["text"] for line in (out / "bash-short" / "train.jsonl").read_text().splitlines()]
+    clean = [json.loads(line)["text"] for line in (out / "bash-clean" / "train.jsonl").read_text().splitlines()]
+    fits = [t for t in clean if len(own(t, add_special_tokens=False)["input_ids"]) <= 64]  # the job's own tokenizer
+    assert kept == fits and len(kept) < len(clean)  # the filter counted with the job's tokenizer (never the shipped)
     printed = capsys.readouterr().out
     assert "BPE tokenizer" in printed and "Next:" in printed and "bashgpt generate" in printed and "recipes/stage1.py" in printed
     assert printed.count("----- prompt -----") == 1 and "bash -n:" in printed  # a sample from the evaluation, checked
