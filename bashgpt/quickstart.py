@@ -53,8 +53,8 @@ class QuickstartPlan:
     # for. Not tldr and nl2sh-alfa: their ~70,000 pairs would take minutes of the ten to deduplicate and parse, and
     # were never measured here (no network to fetch them)
     pairs: tuple = ("man", "whatis", "cheat", "eg")
-    pair_share: float | None = 0.5  # share of stage 2's bash tokens that are pairs (each repeated to make it up;
-    # bench/pairs.md: relevance 10% [5-18%] at 50% against 3% [1-9%] with each pair once, without replay)
+    pair_share: float | None = 0.5  # share of stage 2's bash tokens that are pairs (train's --pair-share: each
+    # repeated to make it up; bench/pairs.md: relevance 10% [5-18%] at 50% against 3% [1-9%] with each pair once, without replay)
     english_replay: float = 0.1  # share of stage 2's training tokens that are stage 1's English, so the model keeps
     # the language its prompts are written in (bench/pairs.md: 2.0 nats below a uniform guess at 10%, 0.6 at none,
     # 2.5 at 20%, where relevance fell within its noise)
@@ -135,18 +135,6 @@ def without_licence_header(text: str) -> str:
     return text
 
 
-def with_pair_share(rows: list[dict], lengths: list[int], share: float) -> list[dict]:
-    """``rows`` with their pairs repeated so that pairs make up about ``share`` of the tokens (never fewer than
-    once each): a pair is a few dozen tokens beside scripts of hundreds, so it would otherwise be a small part."""
-    is_pair = [r.get("source", "").startswith("pair:") for r in rows]
-    pair_tokens = sum(n for n, p in zip(lengths, is_pair, strict=True) if p)
-    other_tokens = sum(lengths) - pair_tokens
-    if not pair_tokens or not other_tokens:
-        return rows
-    times = max(1, round(share * other_tokens / ((1 - share) * pair_tokens)))
-    return rows + [r for r, p in zip(rows, is_pair, strict=True) if p] * (times - 1)
-
-
 BYTES_PER_TOKEN_CAP = 6  # no script of at most 256 tokens took more (5.5 at most, of 3,182 collected from Debian)
 
 
@@ -167,10 +155,10 @@ def cleaned_scripts(corpus: Path, out: Path, strip_licences: bool = True, sheban
     return out
 
 
-def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, pair_share: float | None = None) -> Path:
+def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int) -> Path:
     """A copy of ``corpus`` with only the scripts of at most ``max_tokens`` tokens of ``tokenizer`` (the one
     training uses): whole scripts, each followed by end of text, which is what a model trained for minutes needs to
-    see to learn to finish; with ``pair_share``, the training pairs repeated to make up that share of the tokens."""
+    see to learn to finish."""
     out.mkdir(parents=True, exist_ok=True)
     kept = {}
     for split in ("train", "validation"):
@@ -178,13 +166,10 @@ def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int, pair_shar
         lengths = [len(ids) for ids in encode_batch(tokenizer, [r["text"] for r in rows])]
         short = [r for r, n in zip(rows, lengths, strict=True) if n <= max_tokens]
         kept[split] = (len(short), len(rows), sum(r.get("source", "").startswith("pair:") for r in short))
-        if pair_share and split == "train":
-            short = with_pair_share(short, [n for n in lengths if n <= max_tokens], pair_share)
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short))
     print(f"   stage 2 trains on {kept['train'][0]:,} scripts and pairs of at most {max_tokens} tokens, of the "
-          f"{kept['train'][1]:,} kept ({kept['train'][2]:,} of them pairs, each repeated to make up "
-          f"{pair_share or 0:.0%} of the tokens; validation {kept['validation'][0]} of {kept['validation'][1]})",
-          flush=True)
+          f"{kept['train'][1]:,} kept ({kept['train'][2]:,} of them pairs; validation {kept['validation'][0]} of "
+          f"{kept['validation'][1]})", flush=True)
     return out
 
 
@@ -221,10 +206,10 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
                                       max_bytes=plan.max_script_tokens * BYTES_PER_TOKEN_CAP)  # none could fit
     tokenizer = job_tokenizer(plan, stage2_data, common)
     if plan.max_script_tokens:
-        stage2_data = short_scripts(stage2_data, out / "bash-short", tokenizer, plan.max_script_tokens, plan.pair_share)
-    say("Tokenising both corpora")
-    for source in (STDLIB, str(stage2_data)):  # cached where run_training looks, so training starts at once
-        packed_splits(load_corpus(source), tokenizer, plan.seq_len, cache_dir=common["cache_dir"])
+        stage2_data = short_scripts(stage2_data, out / "bash-short", tokenizer, plan.max_script_tokens)
+    say("Tokenising the English")  # cached where run_training looks, so stage 1 starts at once (stage 2's bash,
+    # a few hundred thousand tokens split into scripts and pairs, takes stage 2 a second)
+    packed_splits(load_corpus(STDLIB), tokenizer, plan.seq_len, cache_dir=common["cache_dir"])
     eval_reserve = plan.eval_share * clock.left()  # seconds kept for evaluation and samples
     budget1 = budget2 = None
     if plan.minutes is not None:
@@ -246,6 +231,7 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
                                    eval_steps=plan.stage2_eval_steps, early_stopping=plan.stage2_patience,
                                    replay=STDLIB if plan.english_replay else None,
                                    replay_share=plan.english_replay or 0.2,
+                                   pair_share=(plan.pair_share or 0) if plan.pairs else 0,
                                    **{k: v for k, v in common.items() if k != "model_size"}))
 
     say("Evaluating: held-out loss on both corpora, and the bash the model writes")

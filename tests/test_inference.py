@@ -209,16 +209,6 @@ def test_quickstart_stage2_keeps_short_whole_scripts_with_a_shebang(tmp_path):
     assert (out / "validation.jsonl").read_text().count("\n") == 1
 
 
-def test_quickstart_repeats_pairs_to_their_share_of_the_tokens():
-    from bashgpt.quickstart import with_pair_share
-
-    rows = [{"text": "script", "source": "debian"}, {"text": "pair", "source": "pair:cheat"}]
-    mixed = with_pair_share(rows, [300, 20], 0.5)  # 300 script tokens: 15 copies of the 20-token pair
-    assert mixed[:2] == rows and mixed[2:] == [rows[1]] * 14
-    assert with_pair_share(rows, [300, 20], 0.01) == rows  # never fewer than once
-    assert with_pair_share(rows[:1], [300], 0.5) == rows[:1]  # no pairs: unchanged
-
-
 def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys, monkeypatch):
     from bashgpt import quickstart
 

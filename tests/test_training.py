@@ -713,3 +713,45 @@ def test_quiet_keeps_warnings_on_the_console_and_everything_in_train_log(tmp_pat
     log = (tmp_path / "run" / "train.log").read_text()
     assert "validation loss" in log and "stage 2 without --checkpoint" not in log  # said before the run's log opened
     assert "new best validation loss" in log  # the details the console never shows
+
+
+def write_pair_corpus(folder: Path) -> Path:
+    """A collect-style folder: 30 scripts and 12 description-and-command pairs in training, both in validation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scripts = [{"text": f"#!/bin/bash\nfor f in /srv/{i}/*; do\n  gzip -k \"$f\"\ndone\n", "source": "debian"}
+               for i in range(30)]
+    pairs = [{"text": f"#!/bin/bash\n# Count the lines of file {i}.\nwc -l file{i}\n", "source": "pair:cheat"}
+             for i in range(12)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scripts + pairs))
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scripts[:3] + pairs[:2]))
+    return folder
+
+
+def test_pair_share_repeats_the_pairs_to_their_share_of_the_bash_tokens(tmp_path):
+    from bashgpt.training.train import training_data
+
+    corpus = str(write_pair_corpus(tmp_path / "bash"))
+    tok = load_tokenizer(default_tokenizer_dir())
+
+    def train_stats(**kw):
+        kw = {"stage": "code", **kw}
+        return training_data(options(tmp_path, dataset=corpus, **kw), tok, progress=False)[2]["train"]
+
+    once = train_stats(pair_share=0)  # pairs stay where they are, each once
+    natural = 12 * len(tok("#!/bin/bash\n# Count the lines of file 10.\nwc -l file10\n")["input_ids"]) / once["tokens"]
+    assert once["pairs_share"] == 0 and 0.15 < natural < 0.35
+    default = train_stats()  # stage 2's default: half of the bash tokens
+    assert abs(default["pairs_share"] - 0.5) < 0.01 and default["tokens"] > once["tokens"]
+    low = train_stats(pair_share=0.01)  # below their own share: every pair still once
+    assert low["tokens"] == once["tokens"] and abs(low["pairs_share"] - natural) < 0.03
+    assert train_stats(stage="language")["pairs_share"] == 0  # stage 1 mixes nothing by default
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(pair_share=0.5), "has no description-and-command pairs"),  # the English corpus
+    (dict(pair_share=1.0), "--pair-share must be at least 0 and below 1"),
+    (dict(pair_share=0.5, streaming=True), "--pair-share repeats the tokenised pairs and --streaming"),
+])
+def test_pair_share_refuses_what_it_cannot_do(tmp_path, kw, words):
+    with pytest.raises(UserError, match=words):
+        run_training(options(tmp_path, **kw))

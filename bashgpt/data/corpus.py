@@ -244,15 +244,17 @@ def hub_splits(source: str, streaming: bool = False):
     return raw, next((s for s in HELD_OUT_SPLITS if s in raw), None)
 
 
-def text_only(ds):
-    """``ds`` with its text column, named ``text``, and nothing else."""
+def text_only(ds, also: tuple[str, ...] = ()):
+    """``ds`` with its text column, named ``text``, and of the columns ``also`` names those it has."""
     column = text_column(ds)
-    return (ds.rename_column(column, "text") if column != "text" else ds).select_columns(["text"])
+    ds = ds.rename_column(column, "text") if column != "text" else ds
+    return ds.select_columns(["text", *(c for c in also if c in ds.column_names and c != "text")])
 
 
-def load_corpus(source: str = TINYSTORIES, validation_fraction: float = VALIDATION_FRACTION) -> datasets.DatasetDict:
-    """Load ``source`` as train/validation splits, each with a ``text`` column: its own validation split, else the
-    documents ``held_out`` picks."""
+def load_corpus(source: str = TINYSTORIES, validation_fraction: float = VALIDATION_FRACTION,
+                also: tuple[str, ...] = ()) -> datasets.DatasetDict:
+    """Load ``source`` as train/validation splits, each with a ``text`` column (and of the columns ``also`` names,
+    those it has): its own validation split, else the documents ``held_out`` picks."""
     kind = source_kind(source)
     if kind == "stdlib":
         dd = split_off_validation(datasets.Dataset.from_dict({"text": stdlib_texts()}), validation_fraction)
@@ -262,7 +264,7 @@ def load_corpus(source: str = TINYSTORIES, validation_fraction: float = VALIDATI
         raw, own = hub_splits(source)
         dd = (datasets.DatasetDict(train=raw["train"], validation=raw[own]) if own
               else split_off_validation(raw["train"], validation_fraction))
-    return datasets.DatasetDict({split: text_only(ds) for split, ds in dd.items()})
+    return datasets.DatasetDict({split: text_only(ds, also) for split, ds in dd.items()})
 
 
 def stream_corpus(source: str = TINYSTORIES) -> tuple[datasets.IterableDataset, datasets.IterableDataset]:

@@ -165,6 +165,13 @@ def with_replay(main: TokenBlocks, replay: TokenBlocks, share: float) -> TokenBl
                        main.pad_id)
 
 
+def with_share(main: TokenBlocks, extra: TokenBlocks, share: float) -> TokenBlocks:
+    """``with_replay``, but every one of ``extra``'s tokens is used at least once: repeated to make up ``share`` of
+    the whole, or all of it once where that is already more."""
+    whole = main.num_tokens + extra.num_tokens
+    return with_replay(main, extra, max(share, extra.num_tokens / whole) if whole else share)
+
+
 def split_stats(blocks: TokenBlocks) -> dict:
     """Sequences and (non-padding) tokens of a split."""
     return {"sequences": len(blocks), "tokens": blocks.num_tokens}

@@ -65,6 +65,11 @@ class WhatToTrain:
                                       "model keeps the language its prompts are written in (validation stays "
                                       "--dataset's)")
     replay_share: float = option(0.2, "the share of training tokens --replay makes up")
+    pair_share: float | None = option(None, "the share of the bash training tokens that the corpus's description-and-"
+                                            "command pairs ('bashgpt collect --pairs') make up, each pair repeated "
+                                            "to reach it (never fewer than once); 0 turns it off (default: 0.5 at "
+                                            "stage 2 where the corpus has pairs: 10%% of tasks on task against 3%% "
+                                            "with each pair once, bench/pairs.md)")
     streaming: bool = option(False, "read the corpus as training uses it (datasets' iterable datasets) instead of "
                                     "tokenising it all first: for corpora larger than the disk or memory; --resume "
                                     "continues on the exact block")

@@ -20,13 +20,14 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+import datasets
 import torch
 from transformers import TrainingArguments, default_data_collator
 
 from .. import BashGPTConfig, BashGPTForCausalLM, logs
 from ..data.cache_dirs import packed_cache_dir
 from ..data.corpus import load_corpus, stream_corpus
-from ..data.packing import packed_splits, split_stats, with_replay
+from ..data.packing import packed_splits, split_stats, with_replay, with_share
 from ..data.streaming import streamed_splits
 from ..data.tokenization import default_tokenizer_dir
 from ..devices import Precision, choose_precision, resolve_device
@@ -101,6 +102,9 @@ def check_flags(opts: TrainOptions) -> None:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     if opts.replay and opts.streaming:
         raise UserError("--replay mixes tokenised corpora and --streaming reads one as it goes; drop one of them")
+    if opts.pair_share and opts.streaming:
+        raise UserError("--pair-share repeats the tokenised pairs and --streaming reads the corpus as it goes; drop "
+                        "one of them")
 
 
 def validate(opts: TrainOptions) -> None:
@@ -119,6 +123,9 @@ def validate(opts: TrainOptions) -> None:
                         f"{opts.replay_share}")
     if opts.time_budget is not None and not opts.time_budget > 0:
         raise UserError(f"--time-budget must be a positive number of minutes, got {opts.time_budget}")
+    if opts.pair_share is not None and not 0 <= opts.pair_share < 1:
+        raise UserError(f"--pair-share must be at least 0 and below 1 (a share of the bash training tokens), got "
+                        f"{opts.pair_share}")
 
 
 def check_fsdp(opts: TrainOptions, device: str) -> None:
@@ -382,6 +389,8 @@ def announce(run: "Run", plan: RunPlan, model, args: TrainingArguments, stats: d
     train_text = (f"{stats['train']['sequences']:,} sequences / {stats['train']['tokens'] / 1e6:.2f}M tokens"
                   if stats["train"]["sequences"] is not None else "streamed")
     replay = f" (of them {opts.replay_share:.0%} {opts.replay}, replayed)" if opts.replay else ""
+    if stats["train"].get("pairs_share"):
+        replay += f"; description-and-command pairs make up {stats['train']['pairs_share']:.0%} of the bash tokens"
     run.say(f"data {opts.dataset}: train {train_text}{replay}, validation {stats['validation']['sequences']:,} / "
             f"{stats['validation']['tokens'] / 1e6:.2f}M (evaluating on {eval_blocks} sequences)")
     if not run.is_main:
@@ -564,19 +573,54 @@ def training_data(opts: TrainOptions, tokenizer, progress: bool):
         train_stats = {"sequences": None, "tokens": None}
     else:
         cache_dir = opts.cache_dir or str(packed_cache_dir())
-        packed = packed_splits(load_corpus(opts.dataset), tokenizer, opts.seq_len, cache_dir, progress=progress)
+        corpus, pairs = scripts_and_pairs(opts, load_corpus(opts.dataset, also=("source",)))
+        packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir, progress=progress)
         train_ds, validation = packed["train"], packed["validation"]
+        scripts_tokens = train_ds.num_tokens
+        if pairs is not None:
+            pair_blocks = packed_splits(datasets.DatasetDict(train=pairs), tokenizer, opts.seq_len, cache_dir,
+                                        progress=progress)["train"]
+            train_ds = with_share(train_ds, pair_blocks, pair_share(opts))
+        pairs_part = 1 - scripts_tokens / train_ds.num_tokens if train_ds.num_tokens else 0.0
         if opts.replay:
             replayed = packed_splits(load_corpus(opts.replay), tokenizer, opts.seq_len, cache_dir, progress=progress,
                                      splits=("train",))["train"]
             train_ds = with_replay(train_ds, replayed, opts.replay_share)
-        train_stats = split_stats(train_ds)
+        train_stats = dict(split_stats(train_ds), pairs_share=pairs_part)
     eval_ds = validation.first(opts.eval_blocks)
     if (not opts.streaming and len(train_ds) < opts.batch_size) or len(eval_ds) == 0:
         trained = "streamed" if opts.streaming else f"{len(train_ds)}"
         raise UserError(f"{opts.dataset} gives {trained} training and {len(eval_ds)} validation sequences of "
                         f"{opts.seq_len} tokens; use more data or a smaller --seq-len/--batch-size")
     return train_ds, eval_ds, {"train": train_stats, "validation": split_stats(validation)}
+
+
+DEFAULT_PAIR_SHARE = 0.5  # at stage 2, where the corpus has pairs (bench/pairs.md)
+
+
+def pair_share(opts: TrainOptions) -> float:
+    """--pair-share, or its default: ``DEFAULT_PAIR_SHARE`` at stage 2, none at stage 1."""
+    if opts.pair_share is not None:
+        return opts.pair_share
+    return DEFAULT_PAIR_SHARE if opts.stage == "code" else 0.0
+
+
+def scripts_and_pairs(opts: TrainOptions, corpus: datasets.DatasetDict):
+    """(the corpus, None), or, with a pair share, (the corpus with only scripts in its training split, the training
+    pairs): the pairs are then mixed in at their share (``with_share``), each tokenised once."""
+    train = corpus["train"]
+    sources = train["source"] if pair_share(opts) and "source" in train.column_names else []
+    is_pair = [str(source).startswith("pair:") for source in sources]
+    corpus = datasets.DatasetDict({split: ds.select_columns(["text"]) for split, ds in corpus.items()})  # as the
+    # other commands load it, so that they share its token cache
+    if not any(is_pair):
+        if opts.pair_share:  # asked for, not defaulted
+            raise UserError(f"--pair-share: {opts.dataset} has no description-and-command pairs; collect it with "
+                            "'bashgpt collect ... --pairs man,cheat,eg' or drop --pair-share")
+        return corpus, None
+    scripts = corpus["train"].select([i for i, p in enumerate(is_pair) if not p])
+    pairs = corpus["train"].select([i for i, p in enumerate(is_pair) if p])
+    return datasets.DatasetDict(train=scripts, validation=corpus["validation"]), pairs
 
 
 def already_complete(opts: TrainOptions, out: Path, step: int, max_steps: int) -> dict:
