@@ -18,7 +18,7 @@ from pathlib import Path
 from .data.collect import DEFAULT_DEBIAN_PACKAGES, CollectError, collect, format_summary
 from .data.corpus import STDLIB, load_corpus
 from .data.packing import packed_splits
-from .data.tokenization import default_tokenizer_dir, encode_batch, train_on_corpora
+from .data.tokenization import default_tokenizer_dir, train_on_corpora
 from .devices import bf16_is_fast, resolve_device
 from .inference.generate import check_report
 from .model_folder import load_tokenizer
@@ -155,24 +155,6 @@ def cleaned_scripts(corpus: Path, out: Path, strip_licences: bool = True, sheban
     return out
 
 
-def short_scripts(corpus: Path, out: Path, tokenizer, max_tokens: int) -> Path:
-    """A copy of ``corpus`` with only the scripts of at most ``max_tokens`` tokens of ``tokenizer`` (the one
-    training uses): whole scripts, each followed by end of text, which is what a model trained for minutes needs to
-    see to learn to finish."""
-    out.mkdir(parents=True, exist_ok=True)
-    kept = {}
-    for split in ("train", "validation"):
-        rows = [json.loads(line) for line in (corpus / f"{split}.jsonl").read_text().splitlines() if line]
-        lengths = [len(ids) for ids in encode_batch(tokenizer, [r["text"] for r in rows])]
-        short = [r for r, n in zip(rows, lengths, strict=True) if n <= max_tokens]
-        kept[split] = (len(short), len(rows), sum(r.get("source", "").startswith("pair:") for r in short))
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in short))
-    print(f"   stage 2 trains on {kept['train'][0]:,} scripts and pairs of at most {max_tokens} tokens, of the "
-          f"{kept['train'][1]:,} kept ({kept['train'][2]:,} of them pairs; validation {kept['validation'][0]} of "
-          f"{kept['validation'][1]})", flush=True)
-    return out
-
-
 def job_tokenizer(plan: QuickstartPlan, bash: Path, common: dict):
     """The job's one tokenizer: a BPE trained on the English and ``bash`` (``plan.vocab_size``), or the shipped one;
     ``common`` (the training options) is told which."""
@@ -205,10 +187,8 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
         stage2_data = cleaned_scripts(corpus, out / "bash-clean", plan.strip_licences, plan.shebang_only,
                                       max_bytes=plan.max_script_tokens * BYTES_PER_TOKEN_CAP)  # none could fit
     tokenizer = job_tokenizer(plan, stage2_data, common)
-    if plan.max_script_tokens:
-        stage2_data = short_scripts(stage2_data, out / "bash-short", tokenizer, plan.max_script_tokens)
     say("Tokenising the English")  # cached where run_training looks, so stage 1 starts at once (stage 2's bash,
-    # a few hundred thousand tokens split into scripts and pairs, takes stage 2 a second)
+    # a few hundred thousand tokens, each script counted and kept or left out as it is tokenised, takes a second)
     packed_splits(load_corpus(STDLIB), tokenizer, plan.seq_len, cache_dir=common["cache_dir"])
     eval_reserve = plan.eval_share * clock.left()  # seconds kept for evaluation and samples
     budget1 = budget2 = None
@@ -232,6 +212,7 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
                                    replay=STDLIB if plan.english_replay else None,
                                    replay_share=plan.english_replay or 0.2,
                                    pair_share=(plan.pair_share or 0) if plan.pairs else 0,
+                                   max_document_tokens=plan.max_script_tokens,
                                    **{k: v for k, v in common.items() if k != "model_size"}))
 
     say("Evaluating: held-out loss on both corpora, and the bash the model writes")

@@ -449,3 +449,15 @@ def test_replay_flags_that_cannot_work_are_one_line(tmp_path, capsys, flags, mes
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_documents_over_the_limit_are_left_out_as_they_are_tokenised(small_tokenizer, tmp_path):
+    texts = ["echo a\n", "echo " + "word " * 80 + "\n", "ls -l\n"]
+    ds = datasets.DatasetDict(train=datasets.Dataset.from_dict({"text": texts}))
+    lengths = [len(small_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    limit = max(lengths[0], lengths[2])
+    assert lengths[1] > limit
+    whole = packed_splits(ds, small_tokenizer, 16, tmp_path)["train"]
+    cut = packed_splits(ds, small_tokenizer, 16, tmp_path, max_doc_tokens=limit)["train"]
+    assert whole.num_tokens == sum(lengths) + 3 and cut.num_tokens == lengths[0] + lengths[2] + 2
+    assert len(list(tmp_path.glob("train-*.tokens"))) == 2  # cached apart: the limit is part of the key

@@ -748,10 +748,12 @@ def test_pair_share_repeats_the_pairs_to_their_share_of_the_bash_tokens(tmp_path
 
 
 @pytest.mark.parametrize("kw, words", [
+    (dict(max_document_tokens=0), "--max-document-tokens must be a positive whole number"),
+    (dict(max_document_tokens=64, streaming=True), "--max-document-tokens leaves documents out"),
     (dict(pair_share=0.5), "has no description-and-command pairs"),  # the English corpus
     (dict(pair_share=1.0), "--pair-share must be at least 0 and below 1"),
     (dict(pair_share=0.5, streaming=True), "--pair-share repeats the tokenised pairs and --streaming"),
 ])
-def test_pair_share_refuses_what_it_cannot_do(tmp_path, kw, words):
+def test_pair_share_and_document_limit_refuse_what_they_cannot_do(tmp_path, kw, words):
     with pytest.raises(UserError, match=words):
         run_training(options(tmp_path, **kw))

@@ -93,6 +93,10 @@ class Schedule:
     gradient_accumulation_steps: int = option(
         1, "micro-batches per optimizer step (effective batch = batch size x this x processes)")
     seq_len: int | None = option(None, "tokens per training sequence (unset: 1024; nano 256)")
+    max_document_tokens: int | None = option(None, "leave out the documents (scripts, pairs) of more tokens than "
+                                                   "this, in training and validation alike: whole short scripts, each "
+                                                   "ending in end of text, teach a model trained for minutes to end "
+                                                   "(the quickstart uses 256)")
     eval_steps: int | None = option(None, "validate every N steps (unset: once per epoch)")
     eval_blocks: int = option(200, "validation sequences used per evaluation")
     early_stopping: int | None = option(

@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from transformers import TrainingArguments, default_data_collator
 
@@ -102,6 +103,9 @@ def check_flags(opts: TrainOptions) -> None:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     if opts.replay and opts.streaming:
         raise UserError("--replay mixes tokenised corpora and --streaming reads one as it goes; drop one of them")
+    if opts.max_document_tokens and opts.streaming:
+        raise UserError("--max-document-tokens leaves documents out as the corpus is tokenised and --streaming reads "
+                        "it as it goes; drop one of them")
     if opts.pair_share and opts.streaming:
         raise UserError("--pair-share repeats the tokenised pairs and --streaming reads the corpus as it goes; drop "
                         "one of them")
@@ -110,7 +114,7 @@ def check_flags(opts: TrainOptions) -> None:
 def validate(opts: TrainOptions) -> None:
     """Refuse impossible numbers (the guide's defaults filled in) before any work."""
     for name in ("batch_size", "num_epochs", "steps_per_epoch", "gradient_accumulation_steps", "seq_len",
-                 "eval_steps", "eval_blocks", "early_stopping"):
+                 "eval_steps", "eval_blocks", "early_stopping", "max_document_tokens"):
         value = getattr(opts, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
@@ -391,6 +395,9 @@ def announce(run: "Run", plan: RunPlan, model, args: TrainingArguments, stats: d
     replay = f" (of them {opts.replay_share:.0%} {opts.replay}, replayed)" if opts.replay else ""
     if stats["train"].get("pairs_share"):
         replay += f"; description-and-command pairs make up {stats['train']['pairs_share']:.0%} of the bash tokens"
+    if stats["train"].get("documents"):
+        kept, total = stats["train"]["documents"]
+        replay += f"; {kept:,} of its {total:,} documents have at most {opts.max_document_tokens} tokens"
     run.say(f"data {opts.dataset}: train {train_text}{replay}, validation {stats['validation']['sequences']:,} / "
             f"{stats['validation']['tokens'] / 1e6:.2f}M (evaluating on {eval_blocks} sequences)")
     if not run.is_main:
@@ -572,27 +579,40 @@ def training_data(opts: TrainOptions, tokenizer, progress: bool):
                                                opts.eval_blocks, opts.seed)
         train_stats = {"sequences": None, "tokens": None}
     else:
-        cache_dir = opts.cache_dir or str(packed_cache_dir())
-        corpus, pairs = scripts_and_pairs(opts, load_corpus(opts.dataset, also=("source",)))
-        packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir, progress=progress)
-        train_ds, validation = packed["train"], packed["validation"]
-        scripts_tokens = train_ds.num_tokens
-        if pairs is not None:
-            pair_blocks = packed_splits(datasets.DatasetDict(train=pairs), tokenizer, opts.seq_len, cache_dir,
-                                        progress=progress)["train"]
-            train_ds = with_share(train_ds, pair_blocks, pair_share(opts))
-        pairs_part = 1 - scripts_tokens / train_ds.num_tokens if train_ds.num_tokens else 0.0
-        if opts.replay:
-            replayed = packed_splits(load_corpus(opts.replay), tokenizer, opts.seq_len, cache_dir, progress=progress,
-                                     splits=("train",))["train"]
-            train_ds = with_replay(train_ds, replayed, opts.replay_share)
-        train_stats = dict(split_stats(train_ds), pairs_share=pairs_part)
+        train_ds, validation, train_stats = packed_training_data(opts, tokenizer, progress)
     eval_ds = validation.first(opts.eval_blocks)
     if (not opts.streaming and len(train_ds) < opts.batch_size) or len(eval_ds) == 0:
         trained = "streamed" if opts.streaming else f"{len(train_ds)}"
         raise UserError(f"{opts.dataset} gives {trained} training and {len(eval_ds)} validation sequences of "
                         f"{opts.seq_len} tokens; use more data or a smaller --seq-len/--batch-size")
     return train_ds, eval_ds, {"train": train_stats, "validation": split_stats(validation)}
+
+
+def packed_training_data(opts: TrainOptions, tokenizer, progress: bool):
+    """Training blocks (the scripts, the pairs at their share, the replayed corpus at its), validation blocks, and
+    the training split's counts (with how many documents --max-document-tokens kept of how many)."""
+    cache_dir, cut = opts.cache_dir or str(packed_cache_dir()), opts.max_document_tokens
+    corpus, pairs = scripts_and_pairs(opts, load_corpus(opts.dataset, also=("source",)))
+    packed = packed_splits(corpus, tokenizer, opts.seq_len, cache_dir, progress=progress, max_doc_tokens=cut)
+    train_ds, validation = packed["train"], packed["validation"]
+    scripts_tokens, kept = train_ds.num_tokens, documents_in(train_ds, tokenizer) if cut else 0
+    if pairs is not None:
+        pair_blocks = packed_splits(datasets.DatasetDict(train=pairs), tokenizer, opts.seq_len, cache_dir,
+                                    progress=progress, max_doc_tokens=cut)["train"]
+        kept += documents_in(pair_blocks, tokenizer) if cut else 0
+        train_ds = with_share(train_ds, pair_blocks, pair_share(opts))
+    pairs_part = 1 - scripts_tokens / train_ds.num_tokens if train_ds.num_tokens else 0.0
+    if opts.replay:
+        replayed = packed_splits(load_corpus(opts.replay), tokenizer, opts.seq_len, cache_dir, progress=progress,
+                                 splits=("train",))["train"]
+        train_ds = with_replay(train_ds, replayed, opts.replay_share)
+    documents = (kept, len(corpus["train"]) + (len(pairs) if pairs is not None else 0)) if cut else None
+    return train_ds, validation, dict(split_stats(train_ds), pairs_share=pairs_part, documents=documents)
+
+
+def documents_in(blocks, tokenizer) -> int:
+    """How many documents a token stream holds (each ends in end of text)."""
+    return int(np.count_nonzero(np.asarray(blocks.tokens) == tokenizer.eos_token_id))
 
 
 DEFAULT_PAIR_SHARE = 0.5  # at stage 2, where the corpus has pairs (bench/pairs.md)
