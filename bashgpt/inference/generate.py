@@ -18,7 +18,7 @@ from ..sampling import SamplingOptions
 from ..shellcheck import bash_parse, shellcheck
 from . import engine
 from .packed_linear import linears_packed
-from .syntax_guard import LineChecker, guarded_generate
+from .syntax_guard import guarded_generate
 
 
 @dataclass
@@ -71,8 +71,7 @@ def generate(model, tokenizer, prompt: str, sampling: SamplingOptions, num_sampl
     with torch.inference_mode(), linears_packed(model):
         if guard:
             n = enc["input_ids"].shape[1]
-            checker = LineChecker.for_tokenizer(tokenizer)
-            results = guarded_generate(model, tokenizer, enc["input_ids"], config, num_samples, checker)
+            results = guarded_generate(model, tokenizer, enc["input_ids"], config, num_samples)
             return [Sample(prompt, tokenizer.decode(r.ids[n:], skip_special_tokens=True), r.ended, True, r.rollbacks)
                     for r in results]
         return [_sample(model, tokenizer, prompt, enc, config, stream) for _ in range(num_samples)]

@@ -13,6 +13,7 @@ from .levers import ATTENTIONS, OPTIMIZERS
 from .reporting import HUB_STRATEGIES, REPORT_TO_CHOICES
 
 SAVE_TOTAL_LIMIT = 2  # checkpoints kept; at least 2: the last sealed one stays while the next is written
+DEFAULT_PAIR_SHARE = 0.5  # --pair-share at stage 2 where the corpus has pairs (bench/pairs.md)
 
 # The guide's recommended commands, per stage and preset:
 # (batch size, epochs, steps per epoch, learning rate, warmup steps). nano is ours (CPU demos).
@@ -67,9 +68,9 @@ class WhatToTrain:
     replay_share: float = option(0.2, "the share of training tokens --replay makes up")
     pair_share: float | None = option(None, "the share of the bash training tokens that the corpus's description-and-"
                                             "command pairs ('bashgpt collect --pairs') make up, each pair repeated "
-                                            "to reach it (never fewer than once); 0 turns it off (default: 0.5 at "
-                                            "stage 2 where the corpus has pairs: 10%% of tasks on task against 3%% "
-                                            "with each pair once, bench/pairs.md)")
+                                            "to reach it (never fewer than once); 0 turns it off (default: "
+                                            f"{DEFAULT_PAIR_SHARE} at stage 2 where the corpus has pairs: 10%% of "
+                                            "tasks on task against 3%% with each pair once, bench/pairs.md)")
     streaming: bool = option(False, "read the corpus as training uses it (datasets' iterable datasets) instead of "
                                     "tokenising it all first: for corpora larger than the disk or memory; --resume "
                                     "continues on the exact block")

@@ -42,7 +42,7 @@ from .cpu_memory import keep_large_allocations_on_heap, return_freed_memory
 from .estimate import estimate, fit_advice
 from .levers import Levers, apply_to_model, optimizer_cls_and_kwargs
 from .memory_plan import default_budget, levers_for_run
-from .options import LOSS_TARGETS, SAVE_TOTAL_LIMIT, TrainOptions
+from .options import DEFAULT_PAIR_SHARE, LOSS_TARGETS, SAVE_TOTAL_LIMIT, TrainOptions
 from .progress import ProgressLine
 from .report import model_card, plot_training_curves
 from .reporting import HubPusher, check_hub, trackers
@@ -101,14 +101,12 @@ def check_flags(opts: TrainOptions) -> None:
         raise UserError("stage 2 (--stage code) needs --dataset: a 'bashgpt collect' folder of bash scripts")
     if opts.resume and opts.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
-    if opts.replay and opts.streaming:
-        raise UserError("--replay mixes tokenised corpora and --streaming reads one as it goes; drop one of them")
-    if opts.max_document_tokens and opts.streaming:
-        raise UserError("--max-document-tokens leaves documents out as the corpus is tokenised and --streaming reads "
-                        "it as it goes; drop one of them")
-    if opts.pair_share and opts.streaming:
-        raise UserError("--pair-share repeats the tokenised pairs and --streaming reads the corpus as it goes; drop "
-                        "one of them")
+    for flag, what in (("replay", "mixes tokenised corpora"),
+                       ("max_document_tokens", "leaves documents out as the corpus is tokenised"),
+                       ("pair_share", "repeats the tokenised pairs")):
+        if getattr(opts, flag) and opts.streaming:
+            raise UserError(f"--{flag.replace('_', '-')} {what} and --streaming reads the corpus as it goes; drop "
+                            "one of them")
 
 
 def validate(opts: TrainOptions) -> None:
@@ -613,9 +611,6 @@ def packed_training_data(opts: TrainOptions, tokenizer, progress: bool):
 def documents_in(blocks, tokenizer) -> int:
     """How many documents a token stream holds (each ends in end of text)."""
     return int(np.count_nonzero(np.asarray(blocks.tokens) == tokenizer.eos_token_id))
-
-
-DEFAULT_PAIR_SHARE = 0.5  # at stage 2, where the corpus has pairs (bench/pairs.md)
 
 
 def pair_share(opts: TrainOptions) -> float:
