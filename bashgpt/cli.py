@@ -26,7 +26,7 @@ def cmd_collect(args):
 
 
 def cmd_tokenizer_train(args):
-    from .data.tokenization import train_on_corpora
+    from .data.tokenizer_training import train_on_corpora
 
     report = train_on_corpora(args.english, args.bash, args.out, vocab_size=args.vocab_size)
     print(json.dumps(report, indent=2))
@@ -148,6 +148,7 @@ def add_example_flags(p) -> None:
 
 def cmd_eval(args):
     deadline = time.monotonic() + args.time_limit * 60 if args.time_limit else None
+    from .data.cache_dirs import packed_cache_dir
     from .data.corpus import load_corpus
     from .data.nl2sh import load_nl2sh
     from .data.tasks import TASKS_FILE, load_tasks
@@ -165,11 +166,12 @@ def cmd_eval(args):
     if not language and not code:
         raise UserError("cannot tell what data this model was trained on; pass --language-data and/or --code-data")
     model, tokenizer = load_for_inference(str(model_dir), args.device, args.trust_remote_code)
-    texts = {name: list(load_corpus(src)["validation"]["text"]) if src else None
-             for name, src in (("language", language), ("code", code))}
-    result = evaluate(model, tokenizer, texts["language"], texts["code"], prompts,
-                      samples_per_prompt=args.samples_per_prompt, sampling=SamplingOptions.from_args(args), seq_len=args.seq_len,
-                      max_blocks=args.max_blocks, seed=args.seed, deadline=deadline)
+    held_out = {name: load_corpus(src)["validation"] if src else None for name, src in (("language", language),
+                                                                                          ("code", code))}
+    result = evaluate(model, tokenizer, held_out["language"], held_out["code"], prompts,
+                      samples_per_prompt=args.samples_per_prompt, sampling=SamplingOptions.from_args(args),
+                      seq_len=args.seq_len, max_blocks=args.max_blocks, seed=args.seed, deadline=deadline,
+                      cache_dir=packed_cache_dir())  # where training tokenised them
     if nl2sh_tasks:
         result["nl2sh"] = evaluate_nl2sh(model, tokenizer, nl2sh_tasks, SamplingOptions.from_args(args), seed=args.seed)
     result["data"] = {"language": language, "code": code, "examples_in_prompt": args.examples}

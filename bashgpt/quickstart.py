@@ -18,7 +18,8 @@ from pathlib import Path
 from .data.collect import DEFAULT_DEBIAN_PACKAGES, CollectError, collect, format_summary
 from .data.corpus import STDLIB, load_corpus
 from .data.packing import packed_splits
-from .data.tokenization import default_tokenizer_dir, train_on_corpora
+from .data.tokenization import default_tokenizer_dir
+from .data.tokenizer_training import train_on_corpora
 from .devices import bf16_is_fast, resolve_device
 from .inference.generate import check_report
 from .model_folder import load_tokenizer
@@ -161,7 +162,8 @@ def job_tokenizer(plan: QuickstartPlan, bash: Path, common: dict):
     if not plan.vocab_size:
         return load_tokenizer(default_tokenizer_dir())
     say(f"Training its own BPE tokenizer ({plan.vocab_size:,} tokens) on the English and the bash it will learn")
-    report = train_on_corpora(STDLIB, str(bash), plan.out / "tokenizer", vocab_size=plan.vocab_size)
+    report = train_on_corpora(STDLIB, str(bash), plan.out / "tokenizer", vocab_size=plan.vocab_size,
+                              cache_dir=common["cache_dir"])  # the held-out text, tokenised here for the whole job
     print(f"   bytes per token on held-out text: English {report['bytes_per_token']['english_validation']}, "
           f"bash {report['bytes_per_token']['bash_validation']}", flush=True)
     common["tokenizer"] = str(plan.out / "tokenizer")
@@ -223,10 +225,10 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
     best = Path(s2["best"])
     model, tok = load_model_and_tokenizer(best)
     sampling = SamplingOptions(max_new_tokens=plan.max_new_tokens)
-    result = evaluate(model, tok, list(load_corpus(STDLIB)["validation"]["text"]),
-                      list(load_corpus(str(corpus))["validation"]["text"]), load_tasks()[:plan.eval_prompts],
-                      samples_per_prompt=plan.samples_per_prompt, sampling=sampling, seq_len=plan.seq_len,
-                      max_blocks=32, real_scripts=30, deadline=clock.deadline)
+    result = evaluate(model, tok, load_corpus(STDLIB)["validation"], load_corpus(str(corpus))["validation"],
+                      load_tasks()[:plan.eval_prompts], samples_per_prompt=plan.samples_per_prompt, sampling=sampling,
+                      seq_len=plan.seq_len, max_blocks=32, real_scripts=30, deadline=clock.deadline,
+                      cache_dir=common["cache_dir"])
     print(format_table(result), flush=True)
     save_json(out / "eval.json", result)
     add_to_model_card(best, result)

@@ -1,8 +1,14 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# bashgpt's caches (token streams, downloads) for this test session only, never the user's
+os.environ["BASHGPT_CACHE"] = tempfile.mkdtemp(prefix="bashgpt-tests-")
+atexit.register(shutil.rmtree, os.environ["BASHGPT_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

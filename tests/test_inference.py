@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bashgpt.cli import main
-from bashgpt.data.tokenization import default_tokenizer_dir
+from bashgpt.data.tokenization import default_tokenizer_dir, encode_batch
 from bashgpt.errors import UserError
 from bashgpt.inference.evaluate import distinct_n, script_quality
 from bashgpt.inference.generate import check_report, generate
@@ -88,10 +88,11 @@ def test_generated_scripts_are_never_executed(tmp_path):
 
 
 def test_quality_metrics_on_hand_made_samples(small_tokenizer):
-    report = script_quality([GOOD, BAD, GOOD], small_tokenizer, ended=[True, False, True])
+    report = script_quality([GOOD, BAD, GOOD], encode_batch(small_tokenizer, [GOOD, BAD, GOOD]), ended=[True, False, True])
     assert report.samples == 3 and report.parse_rate == pytest.approx(0.667, abs=1e-3)
     assert report.eos_rate == pytest.approx(0.667, abs=1e-3)
-    cut_back = script_quality([GOOD, BAD, GOOD], small_tokenizer, ended=None, wrote=[True, True, False])
+    cut_back = script_quality([GOOD, BAD, GOOD], encode_batch(small_tokenizer, [GOOD, BAD, GOOD]), ended=None,
+                              wrote=[True, True, False])
     assert cut_back.parse_rate == pytest.approx(0.333, abs=1e-3)  # a script the model wrote nothing of
     if shellcheck_binary():
         assert report.shellcheck_error_free == pytest.approx(0.667, abs=1e-3)
@@ -210,8 +211,14 @@ def test_quickstart_stage2_keeps_whole_scripts_with_a_shebang_and_no_licence_hea
 
 def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys, monkeypatch):
     from bashgpt import quickstart
+    from bashgpt.data import packing
+    from bashgpt.inference import evaluate as evaluate_module
 
     monkeypatch.setattr(quickstart, "default_tokenizer_dir", lambda: pytest.fail("the job used the shipped tokenizer"))
+    tokenised = {packing: [], evaluate_module: []}  # texts each module had tokenised, a list a call
+    for module, calls in tokenised.items():
+        monkeypatch.setattr(module, "encode_batch", lambda tok, texts, calls=calls: calls.append(tuple(texts))
+                            or encode_batch(tok, texts))
     scripts = tmp_path / "scripts" / "proj"
     scripts.mkdir(parents=True)
     for i in range(40):
@@ -232,6 +239,11 @@ def test_quickstart_reduced_mode_runs_the_whole_job(tmp_path, capsys, monkeypatc
     fits = [t for t in clean if len(own(t, add_special_tokens=False)["input_ids"]) <= 64]  # the job's own tokenizer
     assert 0 < len(fits) < len(clean)
     assert f"{len(fits)} of its {len(clean)} documents have at most 64 tokens" in (out / "stage2" / "train.log").read_text()
+    # each text tokenised once, into the job's token streams (the tokenizer's report, validation in both stages,
+    # replay, the 64-token cut and evaluation share them); evaluation tokenises only the samples it generated
+    corpus = [set(texts) for texts in tokenised[packing]]
+    assert sum(map(len, corpus)) == len(set().union(*corpus)) > 2000
+    assert not set().union(*corpus) & set().union(*tokenised[evaluate_module])
     printed = capsys.readouterr().out
     assert "BPE tokenizer" in printed and "Next:" in printed and "bashgpt generate" in printed and "recipes/stage1.py" in printed
     assert printed.count("----- prompt -----") == 1 and "bash -n:" in printed  # a sample from the evaluation, checked

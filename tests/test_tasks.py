@@ -3,6 +3,7 @@
 import json
 import re
 
+import datasets
 import pytest
 from test_syntax_guard import feed, ids_of
 
@@ -129,7 +130,7 @@ def test_evaluation_reports_relevance_beside_chance_and_the_scripts_for_the_task
 
     monkeypatch.setattr(evaluate_module, "generate", fake_generate)
     model, tok = nano
-    real = ["#!/bin/sh\ntar cf x .\n", "#!/bin/sh\necho hello\n"]
+    real = datasets.Dataset.from_dict({"text": ["#!/bin/sh\ntar cf x .\n", "#!/bin/sh\necho hello\n"]})
     result = evaluate_module.evaluate(model, tok, None, real, tasks, samples_per_prompt=1,
                                       sampling=SamplingOptions(max_new_tokens=4), progress=False, real_scripts=2)
     rel = result["relevance"]

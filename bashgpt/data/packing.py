@@ -80,38 +80,34 @@ class TokenBlocks(torch.utils.data.Dataset):
         return len(self.tokens)
 
 
-def encode_documents(tokenizer, texts: list[str], max_tokens: int | None = None) -> np.ndarray:
-    """The token ids of ``texts``, each followed by end of text, as one flat array of the stream's dtype; with
-    ``max_tokens``, a document of more tokens is left out."""
+def encode_documents(tokenizer, texts: list[str]) -> np.ndarray:
+    """The token ids of ``texts``, each followed by end of text, as one flat array of the stream's dtype."""
     eos = (tokenizer.eos_token_id,)
-    docs = [ids for ids in encode_batch(tokenizer, texts) if max_tokens is None or len(ids) <= max_tokens]
-    flat = list(chain.from_iterable(chain.from_iterable((ids, eos) for ids in docs)))
+    flat = list(chain.from_iterable(chain.from_iterable((ids, eos) for ids in encode_batch(tokenizer, texts))))
     return np.array(flat, dtype=token_dtype(len(tokenizer)))
 
 
-def encode_stream(ds: datasets.Dataset, tokenizer, desc: str = "tokenising", progress: bool = True,
-                  max_tokens: int | None = None):
-    """Arrays of token ids, one per batch of documents, each document followed by end of text (those of more than
-    ``max_tokens`` tokens left out)."""
+def encode_stream(ds: datasets.Dataset, tokenizer, desc: str = "tokenising", progress: bool = True):
+    """Arrays of token ids, one per batch of documents, each document followed by end of text."""
     with tqdm(total=len(ds), desc=desc, unit="doc", disable=not progress, dynamic_ncols=True) as bar:
         for batch in ds.iter(batch_size=BATCH_DOCUMENTS):
             bar.update(len(batch["text"]))
-            yield encode_documents(tokenizer, batch["text"], max_tokens)
+            yield encode_documents(tokenizer, batch["text"])
 
 
 def tokenize_split(ds: datasets.Dataset, tokenizer, path: Path | None = None, desc: str = "tokenising",
-                   progress: bool = True, max_tokens: int | None = None) -> np.ndarray:
+                   progress: bool = True) -> np.ndarray:
     """The split's token stream: written to ``path`` (complete or not at all) and memory-mapped from it, or in
     memory when ``path`` is None."""
     if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
         raise UserError("the tokenizer needs an end-of-text and a padding token; use bashgpt's tokenizer/")
     if path is None:
-        parts = list(encode_stream(ds, tokenizer, desc, progress, max_tokens))
+        parts = list(encode_stream(ds, tokenizer, desc, progress))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=token_dtype(len(tokenizer)))
     partial = path.with_name(path.name + ".partial")
     try:
         with open(partial, "wb") as f:
-            for part in encode_stream(ds, tokenizer, desc, progress, max_tokens):
+            for part in encode_stream(ds, tokenizer, desc, progress):
                 part.tofile(f)
             f.flush()
             os.fsync(f.fileno())
@@ -128,36 +124,60 @@ def open_stream(path: Path, dtype: np.dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def pack_dataset(ds: datasets.Dataset, tokenizer, block_size: int, progress: bool = False,
-                 max_doc_tokens: int | None = None) -> TokenBlocks:
+def token_stream(ds: datasets.Dataset, tokenizer, cache_dir: str | Path | None = None, progress: bool = False,
+                 desc: str = "tokenising") -> np.ndarray:
+    """The split's token stream, the one route by which every command tokenises a corpus: from the stream on disk in
+    ``cache_dir`` keyed by the split's text and the tokenizer (tokenised by whichever command of a job reads the split
+    first, memory-mapped by the rest), or tokenised in memory when ``cache_dir`` is None."""
+    if cache_dir is None:
+        return tokenize_split(ds, tokenizer, None, desc, progress)
+    key = hashlib.sha256(f"{split_fingerprint(ds)}|{tokenizer_fingerprint(tokenizer)}|{PACKING_VERSION}"
+                         .encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"{key}.tokens"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        return open_stream(path, token_dtype(len(tokenizer)))
+    return tokenize_split(ds, tokenizer, path, desc, progress)
+
+
+def documents_at_most(tokens: np.ndarray, eos_id: int, max_tokens: int) -> np.ndarray:
+    """The stream without its documents of more than ``max_tokens`` tokens (a document: the tokens up to and
+    including an end of text), in memory."""
+    ends = np.flatnonzero(np.asarray(tokens) == eos_id)
+    lengths = np.diff(ends, prepend=-1)  # with the end of text
+    keep = np.repeat(lengths - 1 <= max_tokens, lengths)
+    return np.asarray(tokens[:len(keep)])[keep]
+
+
+def first_documents(tokens: np.ndarray, eos_id: int, n: int) -> list[list[int]]:
+    """The token ids of the stream's first ``n`` documents, without their end of text."""
+    ends = np.flatnonzero(np.asarray(tokens) == eos_id)[:n]
+    starts = np.concatenate([[0], ends + 1])[:len(ends)]
+    return [np.asarray(tokens[start:end]).tolist() for start, end in zip(starts, ends, strict=True)]
+
+
+def split_bytes(ds: datasets.Dataset) -> int:
+    """The UTF-8 bytes of a split's text."""
+    return sum(len(text.encode("utf-8")) for batch in ds.iter(batch_size=BATCH_DOCUMENTS) for text in batch["text"])
+
+
+def pack_dataset(ds: datasets.Dataset, tokenizer, block_size: int, progress: bool = False) -> TokenBlocks:
     """Blocks of ``ds`` (a ``text`` column), tokenised in memory."""
-    return TokenBlocks(tokenize_split(ds, tokenizer, progress=progress, max_tokens=max_doc_tokens), block_size,
-                       tokenizer.pad_token_id)
+    return TokenBlocks(token_stream(ds, tokenizer, None, progress), block_size, tokenizer.pad_token_id)
 
 
 def packed_splits(dd: datasets.DatasetDict, tokenizer, block_size: int, cache_dir: str | Path | None,
                   progress: bool = True, splits: tuple[str, ...] | None = None,
                   max_doc_tokens: int | None = None) -> dict[str, TokenBlocks]:
-    """Blocks of every split (or of ``splits``), from a token stream on disk keyed by the split's text and the
-    tokenizer (tokenised once; a later run, whatever its block size, memory-maps it); with ``max_doc_tokens``, the
-    documents of more tokens left out as they are tokenised."""
+    """Blocks of every split (or of ``splits``), from its ``token_stream`` (on disk in ``cache_dir``: a later run,
+    whatever its block size, memory-maps it); with ``max_doc_tokens``, the documents of more tokens left out."""
     out = {}
     for split, ds in dd.items():
         if splits is not None and split not in splits:
             continue
-        if cache_dir is None:
-            out[split] = pack_dataset(ds, tokenizer, block_size, progress, max_doc_tokens)
-            continue
-        cut = f"|at most {max_doc_tokens}" if max_doc_tokens else ""
-        key = hashlib.sha256(f"{split_fingerprint(ds)}|{tokenizer_fingerprint(tokenizer)}|{PACKING_VERSION}{cut}"
-                             .encode()).hexdigest()[:20]
-        path = Path(cache_dir) / f"{split}-{key}.tokens"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            tokens = open_stream(path, token_dtype(len(tokenizer)))
-        else:
-            tokens = tokenize_split(ds, tokenizer, path, desc=f"tokenising {split}", progress=progress,
-                                    max_tokens=max_doc_tokens)
+        tokens = token_stream(ds, tokenizer, cache_dir, progress, desc=f"tokenising {split}")
+        if max_doc_tokens:
+            tokens = documents_at_most(tokens, tokenizer.eos_token_id, max_doc_tokens)
         out[split] = TokenBlocks(tokens, block_size, tokenizer.pad_token_id)
     return out
 

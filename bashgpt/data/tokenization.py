@@ -5,7 +5,6 @@ encodes and decodes back to itself. End of text and padding are separate special
 so padding can be masked out of the loss without masking the end-of-text targets.
 """
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -58,36 +57,3 @@ DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "tokenizer"
 def default_tokenizer_dir() -> Path:
     """The repository's shipped tokenizer folder."""
     return DEFAULT_TOKENIZER_DIR
-
-
-def bytes_per_token(tokenizer, texts: list[str]) -> float:
-    """Compression: UTF-8 bytes per token (higher is better)."""
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    n_tokens = sum(len(ids) for ids in encode_batch(tokenizer, texts))
-    return n_bytes / max(n_tokens, 1)
-
-
-def train_on_corpora(english: str, bash: str, out: str | Path, vocab_size: int = 32000,
-                     min_frequency: int = 1) -> dict:
-    """Train the tokenizer on an English corpus and a ``bashgpt collect`` folder; save it to ``out``.
-
-    Both corpora's validation splits are held out and used to report compression. The text
-    order is fixed, so the same inputs give the same files.
-    """
-    from .corpus import load_corpus
-
-    eng = load_corpus(english)
-    sh = load_corpus(bash)
-    train_texts = list(eng["train"]["text"]) + list(sh["train"]["text"])
-    tokenizer = train_tokenizer(train_texts, vocab_size=vocab_size, min_frequency=min_frequency)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(out))
-    report = {
-        "vocab_size": len(tokenizer),
-        "trained_on": {"english": english, "english_docs": len(eng["train"]), "bash": bash, "bash_docs": len(sh["train"])},
-        "bytes_per_token": {"english_validation": round(bytes_per_token(tokenizer, list(eng["validation"]["text"])), 3),
-                            "bash_validation": round(bytes_per_token(tokenizer, list(sh["validation"]["text"])), 3)},
-    }
-    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report

@@ -12,11 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..data.nl2sh import Nl2shTask, nl2sh_scores
-from ..data.packing import pack_dataset
+from ..data.packing import TokenBlocks, first_documents, split_bytes, token_stream
 from ..data.tasks import Task, chance_level, has_command, on_task, reference_scores, relevance_rates
 from ..data.tokenization import encode_batch
 from ..errors import UserError
@@ -34,14 +36,13 @@ def load_prompts(path: Path) -> list[str]:
 
 
 @torch.inference_mode()
-def heldout_metrics(model, tokenizer, texts: list[str], seq_len: int, max_blocks: int, batch_size: int = 8) -> dict:
-    """Loss (nats/token), perplexity and bits per byte over packed blocks of ``texts``."""
-    import datasets
+def heldout_metrics(model, tokens: np.ndarray, n_bytes: int, pad_id: int, seq_len: int, max_blocks: int,
+                    batch_size: int = 8) -> dict:
+    """Loss (nats/token), perplexity and bits per byte over the first ``max_blocks`` blocks of a split's token
+    stream (``n_bytes``: the split's UTF-8 bytes, for the tokens per byte of the whole split)."""
     from transformers import default_data_collator
 
-    if not texts:
-        raise UserError("the validation split is empty; nothing to evaluate on")
-    blocks = pack_dataset(datasets.Dataset.from_dict({"text": texts}), tokenizer, seq_len).first(max_blocks)
+    blocks = TokenBlocks(tokens, seq_len, pad_id).first(max_blocks)
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     model.eval()
@@ -55,12 +56,25 @@ def heldout_metrics(model, tokenizer, texts: list[str], seq_len: int, max_blocks
         total_nll += nll.item()
         total_tokens += int((shift_labels != -100).sum())
     loss = total_nll / max(total_tokens, 1)
-    # bytes per token of this text, from the whole texts (end-of-text tokens carry no bytes)
-    n_tokens = sum(len(ids) + 1 for ids in encode_batch(tokenizer, texts))
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     return {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 2),
-            "bits_per_byte": round(loss / math.log(2) * n_tokens / max(n_bytes, 1), 4),
+            "bits_per_byte": round(loss / math.log(2) * len(tokens) / max(n_bytes, 1), 4),  # end of text: no bytes
             "tokens": total_tokens}
+
+
+def held_out_measures(model, tokenizer, splits: dict, seq_len: int, max_blocks: int,
+                      cache_dir: str | Path | None) -> tuple[dict, dict]:
+    """``heldout_metrics`` of each split given (name -> Dataset or None), and their token streams (from
+    ``cache_dir``, where the job's training already tokenised them)."""
+    measures, streams = {}, {}
+    for name, split in splits.items():
+        if split is None:
+            continue
+        if len(split) == 0:
+            raise UserError(f"the {name} validation split is empty; nothing to evaluate on")
+        streams[name] = token_stream(split, tokenizer, cache_dir)
+        measures[name] = heldout_metrics(model, streams[name], split_bytes(split), tokenizer.pad_token_id, seq_len,
+                                         max_blocks)
+    return measures, streams
 
 
 def distinct_n(token_lists: list[list[int]], n: int) -> float:
@@ -83,9 +97,9 @@ class QualityReport:
         return dict(self.__dict__)
 
 
-def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None,
+def script_quality(scripts: list[str], tokens: list[list[int]], ended: list[bool] | None,
                    wrote: list[bool] | None = None) -> QualityReport:
-    """Rates over ``scripts``; a script whose model wrote no command (``wrote`` False: nothing, or only comments,
+    """Rates over ``scripts`` (``tokens``: their token ids, for repetition); a script whose model wrote no command (``wrote`` False: nothing, or only comments,
     ``exit`` or ``:``, as ``Sample.does_something`` says) does not count as parsing."""
     parsed, sc_error_free, sc_warning_free = 0, 0, 0
     have_sc = shellcheck_binary() is not None
@@ -97,7 +111,6 @@ def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None,
             sc_error_free += sc.error_free
             sc_warning_free += sc.warning_free
     n = max(len(scripts), 1)
-    tokens = encode_batch(tokenizer, scripts)
     return QualityReport(
         samples=len(scripts), parse_rate=round(parsed / n, 3),
         shellcheck_error_free=round(sc_error_free / n, 3) if have_sc else None,
@@ -107,22 +120,23 @@ def script_quality(scripts: list[str], tokenizer, ended: list[bool] | None,
     )
 
 
-def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: list[str] | None,
+def evaluate(model, tokenizer, language: datasets.Dataset | None, code: datasets.Dataset | None,
              prompts: list[str] | list[Task], samples_per_prompt: int = 3, sampling: SamplingOptions | None = None,
              seq_len: int = 256, max_blocks: int = 100, real_scripts: int = 50, seed: int = 0,
-             progress: bool = True, deadline: float | None = None) -> dict:
-    """Every measure in one dictionary (what ``bashgpt eval`` prints and saves). ``prompts`` given as tasks
-    (tasks.py) add task relevance. With ``deadline`` (a ``time.monotonic()`` value), no new prompt is started that
-    the slowest one so far says would end after it; the result says how many were done."""
+             progress: bool = True, deadline: float | None = None, cache_dir: str | Path | None = None) -> dict:
+    """Every measure in one dictionary (what ``bashgpt eval`` prints and saves), on the held-out splits ``language``
+    and ``code`` (their token streams from ``cache_dir``, where given). ``prompts`` given as tasks (tasks.py) add
+    task relevance. With ``deadline`` (a ``time.monotonic()`` value), no new prompt is started that the slowest one
+    so far says would end after it; the result says how many were done."""
     tasks = [p for p in prompts if isinstance(p, Task)]
     tasks = tasks if len(tasks) == len(prompts) else None
     prompts = [t.prompt for t in tasks] if tasks else prompts
     sampling = sampling or SamplingOptions(max_new_tokens=200)
     seq_len = min(seq_len, model.config.max_position_embeddings)
-    result = {"heldout": {}}
-    for name, texts in (("language", language_texts), ("code", code_texts)):
-        if texts:
-            result["heldout"][name] = heldout_metrics(model, tokenizer, texts, seq_len, max_blocks)
+    heldout, streams = held_out_measures(model, tokenizer, {"language": language, "code": code}, seq_len,
+                                         max_blocks, cache_dir)
+    result = {"heldout": heldout}
+    code_texts = list(code["text"]) if code is not None else None
     samples = {"raw": [], "guarded": []}
     slowest = 0.0  # seconds, of one prompt so far
     for i, prompt in enumerate(tqdm(prompts, desc="generating raw and guarded", unit="prompt", disable=not progress)):
@@ -135,11 +149,12 @@ def evaluate(model, tokenizer, language_texts: list[str] | None, code_texts: lis
                                       seed=seed + i, guard=kind == "guarded")
         slowest = max(slowest, time.monotonic() - began)
     for kind, made in samples.items():
-        result[kind] = script_quality([s.script for s in made], tokenizer, [s.ended for s in made],
+        scripts = [s.script for s in made]
+        result[kind] = script_quality(scripts, encode_batch(tokenizer, scripts), [s.ended for s in made],
                                       wrote=[s.does_something for s in made]).as_dict()
     if code_texts:
-        real = code_texts[:real_scripts]
-        result["real"] = script_quality(real, tokenizer, None).as_dict()
+        real = first_documents(streams["code"], tokenizer.eos_token_id, real_scripts)
+        result["real"] = script_quality(code_texts[:len(real)], real, None).as_dict()
     if tasks:
         result["relevance"] = task_relevance(samples, tasks, samples_per_prompt, code_texts)
     result["shellcheck"] = "available" if shellcheck_binary() else (
