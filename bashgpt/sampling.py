@@ -46,8 +46,8 @@ class SamplingOptions:
             raise UserError(f"--temperature must be positive (or use --greedy), got {chosen['temperature']}")
         common = dict(max_new_tokens=chosen["max_new_tokens"], repetition_penalty=chosen["repetition_penalty"],
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        if not sample:
-            return GenerationConfig(do_sample=False, **common)
+        if not sample:  # the warpers' neutral values, or generate fills in the model's and warns they go unused
+            return GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, **common)
         return GenerationConfig(do_sample=True, temperature=chosen["temperature"], top_p=chosen["top_p"],
                                 top_k=chosen["top_k"], **common)
 

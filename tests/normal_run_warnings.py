@@ -1,5 +1,5 @@
 """A normal run of the model (save, load, generate greedy and sampled, pipeline, training forward and
-backward, activation checkpointing) in a fresh process; prints every warning and Transformers log line.
+backward, activation checkpointing, bashgpt's own guarded generation) in a fresh process; prints every warning and Transformers log line.
 
 tests/test_model.py runs it and expects silence: warnings of the "once" kind are cached per process,
 so only a fresh process shows them all.
@@ -38,6 +38,13 @@ with warnings.catch_warnings(record=True) as caught:
     model(**ids, labels=ids["input_ids"]).loss.backward()
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model(**ids, labels=ids["input_ids"], use_cache=True).loss.backward()
+    # bashgpt's own generation, greedy and sampled, from a model that carries bashgpt's sampling defaults
+    from bashgpt.inference.generate import generate
+    from bashgpt.sampling import SamplingOptions, default_generation_config
+
+    model.eval().generation_config = default_generation_config(tok)
+    for options in (SamplingOptions(max_new_tokens=8, greedy=True), SamplingOptions(max_new_tokens=8)):
+        generate(model, tok, "#!/bin/bash\n", options, guard=True)
 for w in caught:
     print(f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})")
 print(stream.getvalue(), end="")
