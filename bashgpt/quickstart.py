@@ -56,6 +56,7 @@ class QuickstartPlan:
     pairs: tuple = ("man", "whatis", "cheat", "eg")
     pair_share: float | None = 0.5  # share of stage 2's bash tokens that are pairs (train's --pair-share: each
     # repeated to make it up; bench/pairs.md: relevance 10% [5-18%] at 50% against 3% [1-9%] with each pair once, without replay)
+    pair_loss: str | None = None  # train's --pair-loss (None: its stage-2 default, each pair's command alone)
     english_replay: float = 0.1  # share of stage 2's training tokens that are stage 1's English, so the model keeps
     # the language its prompts are written in (bench/pairs.md: 2.0 nats below a uniform guess at 10%, 0.6 at none,
     # 2.5 at 20%, where relevance fell within its noise)
@@ -213,7 +214,7 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
                                    eval_steps=plan.stage2_eval_steps, early_stopping=plan.stage2_patience,
                                    replay=STDLIB if plan.english_replay else None,
                                    replay_share=plan.english_replay or 0.2,
-                                   pair_share=(plan.pair_share or 0) if plan.pairs else 0,
+                                   pair_share=(plan.pair_share or 0) if plan.pairs else 0, pair_loss=plan.pair_loss,
                                    max_document_tokens=plan.max_script_tokens,
                                    **{k: v for k, v in common.items() if k != "model_size"}))
 

@@ -26,13 +26,14 @@ sys.path.insert(0, str(HERE))
 from common import cpu_description  # noqa: E402
 
 PUBLISHED = ("man", "whatis", "cheat", "eg", "tldr", "nl2sh-alfa")
-VARIANTS = {  # name: (kinds of pair kept, QuickstartPlan.pair_share, QuickstartPlan.english_replay)
-    "scripts only": ((), None, 0.0),
-    "+ pairs, each once": (PUBLISHED, None, 0.0),
-    "+ pairs at 50% of bash tokens": (PUBLISHED, 0.5, 0.0),
-    "+ pairs at 50%, English replay 20%": (PUBLISHED, 0.5, 0.2),
-    "+ pairs at 50%, English replay 10%": (PUBLISHED, 0.5, 0.1),
-    "scripts, English replay 20%": ((), None, 0.2),
+VARIANTS = {  # name: (kinds of pair kept, QuickstartPlan.pair_share, .english_replay, .pair_loss)
+    "scripts only": ((), None, 0.0, "all"),
+    "+ pairs, each once": (PUBLISHED, None, 0.0, "all"),
+    "+ pairs at 50% of bash tokens": (PUBLISHED, 0.5, 0.0, "all"),
+    "+ pairs at 50%, English replay 20%": (PUBLISHED, 0.5, 0.2, "all"),
+    "+ pairs at 50%, English replay 10%": (PUBLISHED, 0.5, 0.1, "all"),
+    "+ pairs at 50%, English replay 10%, pairs' commands only learnt": (PUBLISHED, 0.5, 0.1, "command"),
+    "scripts, English replay 20%": ((), None, 0.2, "all"),
 }
 
 
@@ -60,14 +61,15 @@ def with_examples(model: Path, corpus: Path, k: int, out: Path) -> dict:
 def run_variant(name: str, corpus: Path, minutes: float, work: Path, examples: int, reuse: bool) -> dict:
     import bashgpt.quickstart as qs
 
-    kinds, pair_share, replay = VARIANTS[name]
+    kinds, pair_share, replay, pair_loss = VARIANTS[name]
     slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
     out = work / f"{slug}-{minutes:g}"
     if not (reuse and (out / "summary.json").is_file()):
         shutil.rmtree(out, ignore_errors=True)
         data = variant_corpus(corpus, kinds, work / f"corpus-{slug}")
         qs.collect_bash = lambda plan: data
-        plan = qs.QuickstartPlan(out=out, minutes=minutes, pair_share=pair_share, english_replay=replay)
+        plan = qs.QuickstartPlan(out=out, minutes=minutes, pair_share=pair_share, english_replay=replay,
+                                 pair_loss=pair_loss)
         qs.run_quickstart(plan, device="cpu")
     summary = json.loads((out / "summary.json").read_text())
     result = json.loads((out / "eval.json").read_text())

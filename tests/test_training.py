@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -737,9 +738,11 @@ def test_pair_share_repeats_the_pairs_to_their_share_of_the_bash_tokens(tmp_path
         kw = {"stage": "code", **kw}
         return training_data(options(tmp_path, dataset=corpus, **kw), tok, progress=False)[2]["train"]
 
-    once = train_stats(pair_share=0)  # pairs stay where they are, each once
+    once = train_stats(pair_share=0, pair_loss="all")  # pairs stay where they are, each once
     natural = 12 * len(tok("#!/bin/bash\n# Count the lines of file 10.\nwc -l file10\n")["input_ids"]) / once["tokens"]
     assert once["pairs_share"] == 0 and 0.15 < natural < 0.35
+    apart = train_stats(pair_share=0)  # each once, apart from the scripts for stage 2's --pair-loss command
+    assert apart["tokens"] == once["tokens"] and abs(apart["pairs_share"] - natural) < 0.03
     default = train_stats()  # stage 2's default: half of the bash tokens
     assert abs(default["pairs_share"] - 0.5) < 0.01 and default["tokens"] > once["tokens"]
     low = train_stats(pair_share=0.01)  # below their own share: every pair still once
@@ -747,7 +750,32 @@ def test_pair_share_repeats_the_pairs_to_their_share_of_the_bash_tokens(tmp_path
     assert train_stats(stage="language")["pairs_share"] == 0  # stage 1 mixes nothing by default
 
 
+def test_pair_loss_command_learns_each_pair_command_and_end_not_its_prompt(tmp_path):
+    from bashgpt.training.train import training_data
+
+    corpus = str(write_pair_corpus(tmp_path / "bash"))
+    tok = load_tokenizer(default_tokenizer_dir())
+    blocks = training_data(options(tmp_path, dataset=corpus, stage="code", seq_len=16, pair_share=0.5), tok,
+                           progress=False)[0]  # stage 2's default: --pair-loss command
+    targets = [(int(t), bool(c)) for t, c in zip(blocks.tokens, blocks.counted, strict=True)]
+    text = tok.decode([t for t, counted in targets if counted])
+    assert "# Count the lines" not in text and text.count("wc -l file") >= 12  # every pair's command, repeated
+    assert text.count("gzip -k") == 30 and text.count(tok.eos_token) >= 42  # scripts whole; each document's end
+    skipped = tok.decode([t for t, counted in targets if not counted])
+    assert skipped.count("# Count the lines of file") == skipped.count("#!/bin/bash") >= 12  # only pairs' prompts
+    block = next(blocks[i] for i in range(len(blocks)) if not blocks.counted[i * 16:(i + 1) * 16].all())
+    ignored = block["labels"] == -100
+    assert ignored.any() and bool((block["attention_mask"][ignored] == 1).all())  # not padding: prompt tokens
+    whole = training_data(options(tmp_path, dataset=corpus, stage="code", seq_len=16, pair_share=0.5,
+                                  pair_loss="all"), tok, progress=False)[0]
+    assert whole.counted is None and np.array_equal(whole.tokens, blocks.tokens)
+    refused = dict(pair_loss="command", stage="code", dataset=str(write_corpus(tmp_path / "plain", "bash")))
+    with pytest.raises(UserError, match="--pair-loss: .* has no description-and-command pairs"):
+        run_training(options(tmp_path, **refused))
+
+
 @pytest.mark.parametrize("kw, words", [
+    (dict(pair_loss="command", streaming=True), "--pair-loss marks the tokenised pairs' prompts and --streaming"),
     (dict(max_document_tokens=0), "--max-document-tokens must be a positive whole number"),
     (dict(max_document_tokens=64, streaming=True), "--max-document-tokens leaves documents out"),
     (dict(pair_share=0.5), "has no description-and-command pairs"),  # the English corpus

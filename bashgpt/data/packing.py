@@ -51,10 +51,12 @@ def split_fingerprint(ds: datasets.Dataset) -> str:
 
 
 class TokenBlocks(torch.utils.data.Dataset):
-    """Fixed-length blocks over a token stream: ``{"input_ids", "labels", "attention_mask"}`` of ``block_size``."""
+    """Fixed-length blocks over a token stream: ``{"input_ids", "labels", "attention_mask"}`` of ``block_size``.
+    ``counted`` (one bool a token, or None for all) says which tokens are training targets: the others, like
+    padding, get label -100."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, pad_id: int):
-        self.tokens, self.block_size, self.pad_id = tokens, block_size, pad_id
+    def __init__(self, tokens: np.ndarray, block_size: int, pad_id: int, counted: np.ndarray | None = None):
+        self.tokens, self.block_size, self.pad_id, self.counted = tokens, block_size, pad_id, counted
 
     def __len__(self) -> int:
         return -(-len(self.tokens) // self.block_size)
@@ -62,22 +64,32 @@ class TokenBlocks(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        ids = torch.from_numpy(self.tokens[index * self.block_size:(index + 1) * self.block_size].astype(np.int64))
+        span = slice(index * self.block_size, (index + 1) * self.block_size)
+        ids = torch.from_numpy(self.tokens[span].astype(np.int64))
+        ignored = torch.zeros(self.block_size, dtype=torch.bool)
+        if self.counted is not None:
+            ignored[:len(ids)] = torch.from_numpy(~self.counted[span])
         pad = self.block_size - len(ids)
         attention = torch.ones(self.block_size, dtype=torch.long)
         if pad:
             attention[len(ids):] = 0
             ids = torch.cat([ids, ids.new_full((pad,), self.pad_id)])
-        return {"input_ids": ids, "labels": ids.masked_fill(attention == 0, -100), "attention_mask": attention}
+        return {"input_ids": ids, "labels": ids.masked_fill(ignored | (attention == 0), -100),
+                "attention_mask": attention}
 
     def first(self, blocks: int) -> "TokenBlocks":
         """The first ``blocks`` blocks (all of them if there are fewer)."""
-        return TokenBlocks(self.tokens[:blocks * self.block_size], self.block_size, self.pad_id)
+        end = blocks * self.block_size
+        return TokenBlocks(self.tokens[:end], self.block_size, self.pad_id,
+                           None if self.counted is None else self.counted[:end])
 
     @property
     def num_tokens(self) -> int:
         """Tokens that count in the loss (padding does not)."""
         return len(self.tokens)
+
+    def counted_or_all(self) -> np.ndarray:
+        return np.ones(len(self.tokens), dtype=bool) if self.counted is None else self.counted
 
 
 def encode_documents(tokenizer, texts: list[str]) -> np.ndarray:
@@ -182,6 +194,20 @@ def packed_splits(dd: datasets.DatasetDict, tokenizer, block_size: int, cache_di
     return out
 
 
+def commands_only(blocks: TokenBlocks, tokenizer, prompt_lines: int = 2) -> TokenBlocks:
+    """``blocks`` with the first ``prompt_lines`` lines of each document (a pair's ``#!/bin/bash`` and
+    ``# <description>``) no longer training targets: the model learns the command given the description, not the
+    description. A document is the tokens up to its end of text; byte-level BPE keeps newlines in tokens of their
+    own, so a token starts on the line its newlines before it say."""
+    newlines = np.array([tokenizer.decode([i]).count("\n") for i in range(len(tokenizer))], dtype=np.int64)
+    ids = np.asarray(blocks.tokens).astype(np.int64)
+    seen = np.cumsum(newlines[ids]) - newlines[ids]  # newlines before each token, since the stream began
+    starts = np.flatnonzero(np.concatenate([[True], ids[:-1] == tokenizer.eos_token_id]))
+    doc_start = np.repeat(starts, np.diff(np.append(starts, len(ids))))  # each token's document's first token
+    counted = blocks.counted_or_all() & (seen - seen[doc_start] >= prompt_lines)
+    return TokenBlocks(blocks.tokens, blocks.block_size, blocks.pad_id, counted)
+
+
 def with_replay(main: TokenBlocks, replay: TokenBlocks, share: float) -> TokenBlocks:
     """``main``'s tokens followed by the first of ``replay``'s (repeated if it is short), so that they make up
     ``share`` of the whole; each block is one or the other but at the seam, and training draws blocks in random
@@ -190,9 +216,15 @@ def with_replay(main: TokenBlocks, replay: TokenBlocks, share: float) -> TokenBl
     if want == 0 or replay.num_tokens == 0:
         return main
     repeats = -(-want // replay.num_tokens)
-    extra = np.tile(np.asarray(replay.tokens), repeats)[:want] if repeats > 1 else np.asarray(replay.tokens[:want])
+    def repeated(a):  # the first ``want`` of ``a`` repeated (read from the stream's map where it is long enough)
+        return np.tile(np.asarray(a), repeats)[:want] if repeats > 1 else np.asarray(a[:want])
+
+    extra = repeated(replay.tokens)
+    counted = None
+    if main.counted is not None or replay.counted is not None:
+        counted = np.concatenate([main.counted_or_all(), repeated(replay.counted_or_all())])
     return TokenBlocks(np.concatenate([np.asarray(main.tokens), extra.astype(main.tokens.dtype)]), main.block_size,
-                       main.pad_id)
+                       main.pad_id, counted)
 
 
 def with_share(main: TokenBlocks, extra: TokenBlocks, share: float) -> TokenBlocks:

@@ -28,7 +28,7 @@ from transformers import TrainingArguments, default_data_collator
 from .. import BashGPTConfig, BashGPTForCausalLM, logs
 from ..data.cache_dirs import packed_cache_dir
 from ..data.corpus import load_corpus, stream_corpus
-from ..data.packing import packed_splits, split_stats, with_replay, with_share
+from ..data.packing import commands_only, packed_splits, split_stats, with_replay, with_share
 from ..data.streaming import streamed_splits
 from ..data.tokenization import default_tokenizer_dir
 from ..devices import Precision, choose_precision, resolve_device
@@ -103,8 +103,9 @@ def check_flags(opts: TrainOptions) -> None:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     for flag, what in (("replay", "mixes tokenised corpora"),
                        ("max_document_tokens", "leaves documents out as the corpus is tokenised"),
-                       ("pair_share", "repeats the tokenised pairs")):
-        if getattr(opts, flag) and opts.streaming:
+                       ("pair_share", "repeats the tokenised pairs"),
+                       ("pair_loss", "marks the tokenised pairs' prompts")):
+        if getattr(opts, flag) not in (None, 0, "all") and opts.streaming:
             raise UserError(f"--{flag.replace('_', '-')} {what} and --streaming reads the corpus as it goes; drop "
                             "one of them")
 
@@ -598,6 +599,8 @@ def packed_training_data(opts: TrainOptions, tokenizer, progress: bool):
         pair_blocks = packed_splits(datasets.DatasetDict(train=pairs), tokenizer, opts.seq_len, cache_dir,
                                     progress=progress, max_doc_tokens=cut)["train"]
         kept += documents_in(pair_blocks, tokenizer) if cut else 0
+        if pair_loss(opts) == "command":
+            pair_blocks = commands_only(pair_blocks, tokenizer)
         train_ds = with_share(train_ds, pair_blocks, pair_share(opts))
     pairs_part = 1 - scripts_tokens / train_ds.num_tokens if train_ds.num_tokens else 0.0
     if opts.replay:
@@ -620,18 +623,26 @@ def pair_share(opts: TrainOptions) -> float:
     return DEFAULT_PAIR_SHARE if opts.stage == "code" else 0.0
 
 
+def pair_loss(opts: TrainOptions) -> str:
+    """--pair-loss, or its default: the command alone at stage 2, all of each pair at stage 1."""
+    return opts.pair_loss or ("command" if opts.stage == "code" else "all")
+
+
 def scripts_and_pairs(opts: TrainOptions, corpus: datasets.DatasetDict):
-    """(the corpus, None), or, with a pair share, (the corpus with only scripts in its training split, the training
-    pairs): the pairs are then mixed in at their share (``with_share``), each tokenised once."""
+    """(the corpus, None), or, with a pair share or --pair-loss command, (the corpus with only scripts in its
+    training split, the training pairs): the pairs are then mixed in at their share (``with_share``), each tokenised
+    once."""
     train = corpus["train"]
-    sources = train["source"] if pair_share(opts) and "source" in train.column_names else []
+    apart = pair_share(opts) or pair_loss(opts) == "command"
+    sources = train["source"] if apart and "source" in train.column_names else []
     is_pair = [str(source).startswith("pair:") for source in sources]
     corpus = datasets.DatasetDict({split: ds.select_columns(["text"]) for split, ds in corpus.items()})  # as the
     # other commands load it, so that they share its token cache
     if not any(is_pair):
-        if opts.pair_share:  # asked for, not defaulted
-            raise UserError(f"--pair-share: {opts.dataset} has no description-and-command pairs; collect it with "
-                            "'bashgpt collect ... --pairs man,cheat,eg' or drop --pair-share")
+        asked = "--pair-share" if opts.pair_share else "--pair-loss" if opts.pair_loss == "command" else None
+        if asked:  # asked for, not defaulted
+            raise UserError(f"{asked}: {opts.dataset} has no description-and-command pairs; collect it with "
+                            f"'bashgpt collect ... --pairs man,cheat,eg' or drop {asked}")
         return corpus, None
     scripts = corpus["train"].select([i for i, p in enumerate(is_pair) if not p])
     pairs = corpus["train"].select([i for i, p in enumerate(is_pair) if p])
