@@ -145,6 +145,9 @@ def test_evaluation_reports_relevance_beside_chance_and_the_scripts_for_the_task
     table = evaluate_module.format_table(result)
     assert "uses a command the task needs" in table and "writes no command at all" in table
     assert "95% interval" in table and "same samples, other tasks" in table and "task names the command" in table
+    with_share = {"on_task_interval_95": (0.04, 0.11), "on_task": 0.072}
+    assert evaluate_module.task_dependence({**with_share, "own_chance": 0.015}).startswith("the line above is 4.8x")
+    assert "may not depend on the task" in evaluate_module.task_dependence({**with_share, "own_chance": 0.04})
 
 
 def test_the_interval_of_a_share_and_what_a_sample_scores_against_other_tasks():

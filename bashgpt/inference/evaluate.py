@@ -258,13 +258,21 @@ def relevance_lines(rel: dict) -> list[str]:
              f"  {'  95% interval':<30} {interval(raw):>11} {interval(guarded):>11}"]
     if "own_chance" in guarded:
         lines += [f"  {'  same samples, other tasks':<30} {_fmt(raw['own_chance']):>8} "
-                  f"{_fmt(guarded['own_chance']):>8}   (as high as the line above: the task did not matter)"]
+                  f"{_fmt(guarded['own_chance']):>8}   ({task_dependence(guarded)})"]
         for key, label in (("named_in_task", "  task names the command"), ("not_named_in_task", "  task does not")):
             lines.append(f"  {label:<30} {_fmt(raw[key]['share']):>8} {_fmt(guarded[key]['share']):>8}   "
                          f"({guarded[key]['samples']} samples)")
     lines += [f"  {'writes no command at all':<30} {_fmt(raw['no_command']):>8} {_fmt(guarded['no_command']):>8}",
               f"  (chance: {rel['chance']['from']}; tasks and their commands: bashgpt/data/tasks.txt)"]
     return lines
+
+
+def task_dependence(rates: dict) -> str:
+    """Whether the samples' relevance to their own tasks stands above what they score against the others."""
+    low, chance = rates["on_task_interval_95"][0], rates["own_chance"]
+    if low > chance:
+        return f"the line above is {rates['on_task'] / max(chance, 1e-9):.1f}x this: what it writes depends on the task"
+    return "the line above is no higher, within its interval: what it writes may not depend on the task"
 
 
 def card_section(result: dict) -> str:
