@@ -191,7 +191,8 @@ def run_quickstart(plan: QuickstartPlan, device: str = "auto") -> dict:
                                       max_bytes=plan.max_script_tokens * BYTES_PER_TOKEN_CAP)  # none could fit
     tokenizer = job_tokenizer(plan, stage2_data, common)
     say("Tokenising the English")  # cached where run_training looks, so stage 1 starts at once (stage 2's bash,
-    # a few hundred thousand tokens, each script counted and kept or left out as it is tokenised, takes a second)
+    # a few hundred thousand tokens, takes a second; its held-out scripts are already in the cache from the
+    # tokenizer's report, and the 256-token cut is taken from the cached stream)
     packed_splits(load_corpus(STDLIB), tokenizer, plan.seq_len, cache_dir=common["cache_dir"])
     eval_reserve = plan.eval_share * clock.left()  # seconds kept for evaluation and samples
     budget1 = budget2 = None

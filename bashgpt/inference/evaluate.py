@@ -99,8 +99,9 @@ class QualityReport:
 
 def script_quality(scripts: list[str], tokens: list[list[int]], ended: list[bool] | None,
                    wrote: list[bool] | None = None) -> QualityReport:
-    """Rates over ``scripts`` (``tokens``: their token ids, for repetition); a script whose model wrote no command (``wrote`` False: nothing, or only comments,
-    ``exit`` or ``:``, as ``Sample.does_something`` says) does not count as parsing."""
+    """Rates over ``scripts`` (``tokens``: their token ids, for repetition); a script whose model wrote no command
+    (``wrote`` False: nothing, or only comments, ``exit`` or ``:``, as ``Sample.does_something`` says) does not count
+    as parsing."""
     parsed, sc_error_free, sc_warning_free = 0, 0, 0
     have_sc = shellcheck_binary() is not None
     wrote = wrote or [True] * len(scripts)

@@ -75,7 +75,7 @@ class WhatToTrain:
         None, "what of each description-and-command pair is learnt: all of it, or only the command (its #!/bin/bash "
               "and description lines are read as the prompt, not learnt; default: command at stage 2 where the "
               "corpus has pairs: guarded samples on task 7%% of our tasks and 12%% of NL2SH-ALFA's against 3%% and 5%% "
-              "learning all of it, bench/pairs.md)")
+              "learning all of it, bench/pair-loss.md)")
     streaming: bool = option(False, "read the corpus as training uses it (datasets' iterable datasets) instead of "
                                     "tokenising it all first: for corpora larger than the disk or memory; --resume "
                                     "continues on the exact block")
